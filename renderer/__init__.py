@@ -1,0 +1,1 @@
+"""Everything that imports torch: device choice, weights, generators, guidance, the worker."""
