@@ -1,0 +1,127 @@
+"""The show configuration: which exhibits run, where the archive lives, how the screen and the web app behave.
+
+Read from an optional TOML file (``kiosk.toml``) with every key defaulted, then
+overridden by command-line flags. Validated once, frozen, passed down.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from exhibits.config import ConfigError, _Reader
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("KIOSK_DATA") or os.environ.get("XDG_DATA_HOME") and Path(os.environ["XDG_DATA_HOME"]) / "kiosk"
+    return Path(base) if base else Path.home() / ".local" / "share" / "kiosk"
+
+
+@dataclass(frozen=True)
+class ShowConfig:
+    data_dir: Path = field(default_factory=default_data_dir)
+    weights_dir: Path | None = None  # default: data_dir / "weights"
+    exhibits: tuple[str, ...] = ("demo",)  # what the playlist draws from
+    tap_exhibit: str | None = None  # what a tap makes now (default: the first instant exhibit)
+    visitor_exhibit: str | None = None  # what a visitor's prompt makes (default: first exhibit)
+    exhibit_dirs: tuple[Path, ...] = ()  # the artist's own exhibit TOMLs
+    moderate_prompts: bool = False  # hold visitors' prompts until staff approve them
+    # display
+    fullscreen: bool = True
+    width: int = 1280
+    height: int = 720
+    hold_seconds: float = 20.0  # how long a finished piece stays before the next
+    crossfade_seconds: float = 1.2
+    fps: int = 60
+    # web
+    host: str = "0.0.0.0"
+    port: int = 8080
+    public_url: str | None = None  # what the QR codes point at; default: http://<LAN address>:<port>
+    staff_password: str | None = None
+    prompt_rate_limit: str = "5 per minute"
+    # worker
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    queue_depth: int = 1  # playlist jobs kept waiting
+
+    @property
+    def weights(self) -> Path:
+        return self.weights_dir or self.data_dir / "weights"
+
+    def with_overrides(self, **kw: Any) -> "ShowConfig":
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+_TYPES = {
+    "data_dir": (str, "a directory path"), "weights_dir": (str, "a directory path"),
+    "exhibits": (list, "a list of exhibit names"), "tap_exhibit": (str, "an exhibit name"),
+    "visitor_exhibit": (str, "an exhibit name"), "exhibit_dirs": (list, "a list of directory paths"),
+    "moderate_prompts": (bool, "true or false"), "fullscreen": (bool, "true or false"),
+    "width": (int, "a whole number of pixels"), "height": (int, "a whole number of pixels"),
+    "hold_seconds": ((int, float), "a number of seconds"), "crossfade_seconds": ((int, float), "a number of seconds"),
+    "fps": (int, "frames per second"), "host": (str, "an address to listen on"), "port": (int, "a TCP port"),
+    "public_url": (str, "a URL like http://192.168.1.20:8080"), "staff_password": (str, "a password"),
+    "prompt_rate_limit": (str, "a limit like '5 per minute'"), "device": (str, "auto, cpu, cuda or cuda:N"),
+    "queue_depth": (int, "a whole number"),
+}
+
+
+def load_show(path: str | Path | None) -> ShowConfig:
+    """Load ``kiosk.toml`` (all keys optional, under a ``[show]`` table or at the top level)."""
+    if path is None:
+        return ShowConfig()
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(path, "(file)", "an existing show configuration file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(path, "(syntax)", f"valid TOML ({exc})") from None
+    table = data.get("show", data)
+    r = _Reader(path, table, "show." if "show" in data else "")
+    r.check_unknown(set(_TYPES))
+    kw: dict[str, Any] = {}
+    for key, (types, expected) in _TYPES.items():
+        if key in table:
+            kw[key] = r.get(key, types, expected)
+    for key in ("data_dir", "weights_dir"):
+        if key in kw:
+            kw[key] = Path(kw[key]).expanduser()
+    if "exhibit_dirs" in kw:
+        kw["exhibit_dirs"] = tuple(Path(p).expanduser() for p in kw["exhibit_dirs"])
+    if "exhibits" in kw:
+        if not kw["exhibits"] or not all(isinstance(x, str) for x in kw["exhibits"]):
+            raise ConfigError(path, r.key("exhibits"), "a non-empty list of exhibit names", kw["exhibits"])
+        kw["exhibits"] = tuple(kw["exhibits"])
+    if "port" in kw and not 1 <= kw["port"] <= 65535:
+        raise ConfigError(path, r.key("port"), "a TCP port from 1 to 65535", kw["port"])
+    if "device" in kw and not (kw["device"] in ("auto", "cpu", "cuda") or kw["device"].startswith("cuda:")):
+        raise ConfigError(path, r.key("device"), "auto, cpu, cuda or cuda:N", kw["device"])
+    return ShowConfig(**kw)
+
+
+def lan_address() -> str:
+    """This machine's address on the local network (no packet is sent), or 127.0.0.1."""
+    import socket
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("10.254.254.254", 9))  # UDP connect only picks a route; nothing is sent
+        return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        s.close()
+
+
+def public_base_url(cfg: ShowConfig) -> str:
+    """Where phones reach the web app: ``public_url`` if set, else http://<LAN address>:<port>."""
+    if cfg.public_url:
+        return cfg.public_url.rstrip("/")
+    host = cfg.host if cfg.host not in ("0.0.0.0", "::", "") else lan_address()
+    return f"http://{host}:{cfg.port}"
+
+
+def piece_url(cfg: ShowConfig, piece_id: int) -> str:
+    return f"{public_base_url(cfg)}/p/{piece_id}"

@@ -1,0 +1,595 @@
+"""The store: one SQLite file (WAL) plus a directory of images, shared by three processes.
+
+* ``jobs``: what to make. A worker claims a job with a lease and renews it with
+  heartbeats; a job whose lease runs out (the worker was killed) goes back to
+  the queue. A visitor's prompt is a row from the moment it is submitted and is
+  never deleted: it ends as ``done``, ``failed`` (kept, retryable by staff) or
+  ``cancelled`` by staff.
+* ``pieces``: what was made: one row per image with generator, prompts, seed,
+  parameters, the full config, model identities, timings and the file's sha256.
+  The PNG's text chunks carry the same metadata.
+* ``workers``: heartbeats, so the display can say "warming up" instead of
+  waiting on a dead renderer.
+
+Every write is a short transaction; claims use ``BEGIN IMMEDIATE`` so two
+workers never take the same job.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from exhibits.files import atomic_write_bytes, png_bytes
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# Higher runs first. A tap wants its piece now; a visitor's prompt comes next.
+PRIORITY = {"tap": 30, "staff": 25, "visitor": 20, "playlist": 0, "batch": -10}
+JOB_STATES = ("held", "queued", "running", "done", "failed", "cancelled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    token TEXT NOT NULL UNIQUE,
+    exhibit TEXT NOT NULL,
+    prompts TEXT NOT NULL DEFAULT '[]',
+    prompt_text TEXT NOT NULL DEFAULT '',
+    seed INTEGER NOT NULL,
+    params TEXT NOT NULL DEFAULT '{}',
+    source TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    status TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    worker TEXT,
+    lease_until REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL DEFAULT 3,
+    step INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    frame_path TEXT,
+    frame_at REAL,
+    piece_id INTEGER,
+    error TEXT,
+    visitor TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_queue ON jobs(status, priority DESC, id);
+CREATE TABLE IF NOT EXISTS pieces (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER REFERENCES jobs(id),
+    exhibit TEXT NOT NULL,
+    series TEXT NOT NULL DEFAULT '',
+    title TEXT NOT NULL DEFAULT '',
+    generator TEXT NOT NULL,
+    label TEXT NOT NULL DEFAULT '',
+    prompts TEXT NOT NULL DEFAULT '[]',
+    prompt_text TEXT NOT NULL DEFAULT '',
+    seed INTEGER NOT NULL,
+    sigma REAL,
+    params TEXT NOT NULL DEFAULT '{}',
+    config TEXT NOT NULL DEFAULT '{}',
+    models TEXT NOT NULL DEFAULT '{}',
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    image_path TEXT NOT NULL,
+    thumb_path TEXT,
+    extra TEXT NOT NULL DEFAULT '{}',
+    sha256 TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    render_seconds REAL,
+    hidden INTEGER NOT NULL DEFAULT 0,
+    curation TEXT
+);
+CREATE INDEX IF NOT EXISTS pieces_recent ON pieces(hidden, id DESC);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    pid INTEGER,
+    started_at REAL NOT NULL,
+    beat_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'idle',
+    message TEXT NOT NULL DEFAULT '',
+    device TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+    token: str
+    exhibit: str
+    prompts: tuple[tuple[str, float], ...]
+    prompt_text: str
+    seed: int
+    params: dict
+    source: str
+    priority: int
+    status: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    worker: str | None
+    lease_until: float | None
+    attempts: int
+    step: int
+    total: int
+    frame_path: str | None
+    frame_at: float | None
+    piece_id: int | None
+    error: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Job":
+        return cls(
+            id=row["id"], token=row["token"], exhibit=row["exhibit"],
+            prompts=tuple((t, float(w)) for t, w in json.loads(row["prompts"])),
+            prompt_text=row["prompt_text"], seed=row["seed"], params=json.loads(row["params"]),
+            source=row["source"], priority=row["priority"], status=row["status"],
+            created_at=row["created_at"], started_at=row["started_at"], finished_at=row["finished_at"],
+            worker=row["worker"], lease_until=row["lease_until"], attempts=row["attempts"],
+            step=row["step"], total=row["total"], frame_path=row["frame_path"], frame_at=row["frame_at"],
+            piece_id=row["piece_id"], error=row["error"],
+        )
+
+    def public(self) -> dict:
+        """What a phone may see about its own job."""
+        return {
+            "id": self.id, "status": self.status, "exhibit": self.exhibit, "prompt": self.prompt_text,
+            "step": self.step, "total": self.total, "piece_id": self.piece_id,
+            "error": self.error if self.status == "failed" else None,
+        }
+
+
+@dataclass(frozen=True)
+class Piece:
+    id: int
+    job_id: int | None
+    exhibit: str
+    series: str
+    title: str
+    generator: str
+    label: str
+    prompts: tuple[tuple[str, float], ...]
+    prompt_text: str
+    seed: int
+    sigma: float | None
+    params: dict
+    config: dict
+    models: dict
+    width: int
+    height: int
+    image_path: str
+    thumb_path: str | None
+    extra: dict
+    sha256: str
+    created_at: float
+    render_seconds: float | None
+    hidden: bool
+    curation: str | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Piece":
+        return cls(
+            id=row["id"], job_id=row["job_id"], exhibit=row["exhibit"], series=row["series"], title=row["title"],
+            generator=row["generator"], label=row["label"],
+            prompts=tuple((t, float(w)) for t, w in json.loads(row["prompts"])), prompt_text=row["prompt_text"],
+            seed=row["seed"], sigma=row["sigma"], params=json.loads(row["params"]), config=json.loads(row["config"]),
+            models=json.loads(row["models"]), width=row["width"], height=row["height"],
+            image_path=row["image_path"], thumb_path=row["thumb_path"], extra=json.loads(row["extra"]),
+            sha256=row["sha256"], created_at=row["created_at"], render_seconds=row["render_seconds"],
+            hidden=bool(row["hidden"]), curation=row["curation"],
+        )
+
+    def caption(self) -> str:
+        text = self.prompt_text or self.title
+        bits = [self.series or self.exhibit]
+        if text and text != bits[0]:
+            bits.append(text)
+        if self.sigma is not None:
+            bits.append(f"sigma {self.sigma:.2f}")
+        bits.append(f"seed {self.seed}")
+        return " · ".join(bits)
+
+    def public(self) -> dict:
+        return {
+            "id": self.id, "exhibit": self.exhibit, "series": self.series, "title": self.title,
+            "generator": self.generator, "label": self.label, "prompt": self.prompt_text, "seed": self.seed,
+            "sigma": self.sigma, "width": self.width, "height": self.height, "caption": self.caption(),
+            "created_at": self.created_at, "sha256": self.sha256,
+        }
+
+
+class Store:
+    """Open (and create) the store in ``root``: ``root/kiosk.sqlite3`` plus ``root/pieces``, ``root/progress``."""
+
+    def __init__(self, root: str | os.PathLike, *, timeout: float = 30.0):
+        self.root = Path(root)
+        self.db_path = self.root / "kiosk.sqlite3"
+        self.pieces_dir = self.root / "pieces"
+        self.progress_dir = self.root / "progress"
+        self.work_dir = self.root / "work"
+        self._timeout = timeout
+        self._conn: sqlite3.Connection | None = None
+        self._pid = os.getpid()
+        for d in (self.root, self.pieces_dir, self.progress_dir, self.work_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.conn.executescript(_SCHEMA)
+        with self._tx() as c:
+            c.execute("INSERT OR IGNORE INTO settings(key, value) VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
+
+    # -- connection ---------------------------------------------------------
+    @property
+    def conn(self) -> sqlite3.Connection:
+        # One connection per process; a forked child opens its own.
+        if self._conn is None or self._pid != os.getpid():
+            c = sqlite3.connect(self.db_path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
+            c.row_factory = sqlite3.Row
+            c.execute("PRAGMA journal_mode=WAL")
+            c.execute("PRAGMA synchronous=NORMAL")
+            c.execute("PRAGMA foreign_keys=ON")
+            c.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
+            self._conn, self._pid = c, os.getpid()
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @contextmanager
+    def _tx(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        else:
+            c.execute("COMMIT")
+
+    # -- settings -----------------------------------------------------------
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        row = self.conn.execute("SELECT value FROM settings WHERE key=?", (key,)).fetchone()
+        return json.loads(row["value"]) if row else default
+
+    def set_setting(self, key: str, value: Any) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                      (key, json.dumps(value)))
+
+    # -- jobs ---------------------------------------------------------------
+    def submit(self, exhibit: str, *, prompts: Sequence[Sequence[Any]] = (), prompt_text: str = "",
+               seed: int | None = None, params: Mapping[str, Any] | None = None, source: str = "playlist",
+               priority: int | None = None, held: bool = False, visitor: str | None = None,
+               max_attempts: int = 3) -> Job:
+        """Queue a job (or hold it for moderation). Returns the stored row, with its status token."""
+        if source not in PRIORITY:
+            raise StoreError(f"unknown job source {source!r}; one of {', '.join(PRIORITY)}")
+        if seed is None:
+            seed = secrets.randbelow(2**31)
+        prompts_json = json.dumps([[str(t), float(w)] for t, w in prompts])
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO jobs(token, exhibit, prompts, prompt_text, seed, params, source, priority, status,"
+                " created_at, visitor, max_attempts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (secrets.token_urlsafe(12), exhibit, prompts_json, prompt_text, int(seed),
+                 json.dumps(dict(params or {}), sort_keys=True), source,
+                 PRIORITY[source] if priority is None else int(priority), "held" if held else "queued",
+                 time.time(), visitor, max_attempts),
+            )
+            row = c.execute("SELECT * FROM jobs WHERE id=?", (cur.lastrowid,)).fetchone()
+        job = Job.from_row(row)
+        log.info("job %d queued: %s %s (%s)", job.id, exhibit, prompt_text or "", job.status)
+        return job
+
+    def _expire_leases(self, c: sqlite3.Connection, now: float) -> None:
+        for row in c.execute("SELECT id, attempts, max_attempts, worker FROM jobs WHERE status='running' AND lease_until < ?",
+                             (now,)).fetchall():
+            if row["attempts"] >= row["max_attempts"]:
+                c.execute("UPDATE jobs SET status='failed', error=?, finished_at=?, worker=NULL, lease_until=NULL WHERE id=?",
+                          (f"worker {row['worker']} stopped answering {row['attempts']} times", now, row["id"]))
+                log.warning("job %d failed: its worker died %d times", row["id"], row["attempts"])
+            else:
+                c.execute("UPDATE jobs SET status='queued', worker=NULL, lease_until=NULL WHERE id=?", (row["id"],))
+                log.warning("job %d re-queued: the lease of worker %s ran out", row["id"], row["worker"])
+
+    def requeue_expired(self) -> None:
+        with self._tx() as c:
+            self._expire_leases(c, time.time())
+
+    def claim(self, worker: str, *, lease: float = 30.0, exhibits: Sequence[str] | None = None) -> Job | None:
+        """Atomically take the most urgent queued job (optionally only of ``exhibits``), or None."""
+        now = time.time()
+        with self._tx() as c:
+            self._expire_leases(c, now)
+            sql = "SELECT id FROM jobs WHERE status='queued'"
+            args: list[Any] = []
+            if exhibits is not None:
+                if not exhibits:
+                    return None
+                sql += f" AND exhibit IN ({','.join('?' * len(exhibits))})"
+                args += list(exhibits)
+            row = c.execute(sql + " ORDER BY priority DESC, id LIMIT 1", args).fetchone()
+            if row is None:
+                return None
+            c.execute(
+                "UPDATE jobs SET status='running', worker=?, lease_until=?, started_at=COALESCE(started_at, ?),"
+                " attempts=attempts+1, error=NULL WHERE id=? AND status='queued'",
+                (worker, now + lease, now, row["id"]),
+            )
+            job = Job.from_row(c.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
+        log.info("worker %s claimed job %d (attempt %d)", worker, job.id, job.attempts)
+        return job
+
+    def _owned(self, c: sqlite3.Connection, job_id: int, worker: str) -> sqlite3.Row:
+        row = c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"job {job_id} does not exist")
+        if row["status"] != "running" or row["worker"] != worker:
+            raise StoreError(f"job {job_id} is no longer held by worker {worker} (status {row['status']})")
+        return row
+
+    def heartbeat(self, job_id: int, worker: str, *, lease: float = 30.0, step: int | None = None,
+                  total: int | None = None) -> bool:
+        """Renew the lease. Returns False if the job was taken away (cancelled, expired and re-claimed)."""
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE jobs SET lease_until=?, step=COALESCE(?, step), total=COALESCE(?, total)"
+                " WHERE id=? AND worker=? AND status='running'",
+                (time.time() + lease, step, total, job_id, worker),
+            )
+            return cur.rowcount == 1
+
+    def publish_frame(self, job_id: int, worker: str, jpeg: bytes, *, step: int, total: int, lease: float = 30.0) -> bool:
+        """Newest progress frame wins: one file per job, replaced atomically, and a heartbeat."""
+        path = self.progress_dir / f"job-{job_id}.jpg"
+        atomic_write_bytes(path, jpeg)
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE jobs SET frame_path=?, frame_at=?, step=?, total=?, lease_until=?"
+                " WHERE id=? AND worker=? AND status='running'",
+                (str(path.relative_to(self.root)), time.time(), step, total, time.time() + lease, job_id, worker),
+            )
+            return cur.rowcount == 1
+
+    def release(self, job_id: int, worker: str, reason: str = "worker stopped") -> None:
+        """Give a running job back to the queue without counting the attempt (clean shutdown, pre-emption)."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE jobs SET status='queued', worker=NULL, lease_until=NULL, attempts=MAX(attempts-1, 0)"
+                " WHERE id=? AND worker=? AND status='running'", (job_id, worker))
+        log.info("job %d released by %s: %s", job_id, worker, reason)
+
+    def fail(self, job_id: int, worker: str, error: str, *, retry: bool = False) -> Job:
+        """Record a failure. With ``retry`` and attempts left, the job goes back to the queue."""
+        now = time.time()
+        with self._tx() as c:
+            row = self._owned(c, job_id, worker)
+            if retry and row["attempts"] < row["max_attempts"]:
+                c.execute("UPDATE jobs SET status='queued', worker=NULL, lease_until=NULL, error=? WHERE id=?",
+                          (error, job_id))
+            else:
+                c.execute("UPDATE jobs SET status='failed', worker=NULL, lease_until=NULL, error=?, finished_at=?"
+                          " WHERE id=?", (error, now, job_id))
+            job = Job.from_row(c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+        log.warning("job %d %s: %s", job_id, job.status, error)
+        return job
+
+    def get_job(self, job_id: int) -> Job | None:
+        row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return Job.from_row(row) if row else None
+
+    def job_by_token(self, token: str) -> Job | None:
+        row = self.conn.execute("SELECT * FROM jobs WHERE token=?", (token,)).fetchone()
+        return Job.from_row(row) if row else None
+
+    def jobs(self, statuses: Sequence[str] | None = None, limit: int = 100, source: str | None = None) -> list[Job]:
+        sql, args = "SELECT * FROM jobs WHERE 1=1", []
+        if statuses:
+            sql += f" AND status IN ({','.join('?' * len(statuses))})"
+            args += list(statuses)
+        if source:
+            sql += " AND source=?"
+            args.append(source)
+        sql += " ORDER BY priority DESC, id LIMIT ?"
+        args.append(limit)
+        return [Job.from_row(r) for r in self.conn.execute(sql, args)]
+
+    def queue_position(self, job_id: int) -> int | None:
+        """1 for the next job to run; None if the job is not waiting."""
+        row = self.conn.execute("SELECT status, priority, id FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None or row["status"] not in ("queued", "held"):
+            return None
+        ahead = self.conn.execute(
+            "SELECT COUNT(*) FROM jobs WHERE status='queued' AND (priority > ? OR (priority = ? AND id < ?))",
+            (row["priority"], row["priority"], row["id"])).fetchone()[0]
+        return ahead + 1
+
+    def count_queued(self, source: str | None = None) -> int:
+        if source is None:
+            return self.conn.execute("SELECT COUNT(*) FROM jobs WHERE status='queued'").fetchone()[0]
+        return self.conn.execute("SELECT COUNT(*) FROM jobs WHERE status='queued' AND source=?", (source,)).fetchone()[0]
+
+    def higher_priority_waiting(self, priority: int) -> bool:
+        return self.conn.execute("SELECT 1 FROM jobs WHERE status='queued' AND priority > ? LIMIT 1",
+                                 (priority,)).fetchone() is not None
+
+    def running(self) -> list[Job]:
+        return [Job.from_row(r) for r in self.conn.execute("SELECT * FROM jobs WHERE status='running' ORDER BY id")]
+
+    def current_progress(self) -> Job | None:
+        """The running job with the newest progress frame (for the live view)."""
+        row = self.conn.execute(
+            "SELECT * FROM jobs WHERE status='running' ORDER BY frame_at IS NULL, frame_at DESC, id DESC LIMIT 1"
+        ).fetchone()
+        return Job.from_row(row) if row else None
+
+    # moderation
+    def approve(self, job_id: int) -> bool:
+        with self._tx() as c:
+            return c.execute("UPDATE jobs SET status='queued' WHERE id=? AND status='held'", (job_id,)).rowcount == 1
+
+    def cancel(self, job_id: int, reason: str = "cancelled by staff") -> bool:
+        with self._tx() as c:
+            return c.execute(
+                "UPDATE jobs SET status='cancelled', error=?, finished_at=?, worker=NULL, lease_until=NULL"
+                " WHERE id=? AND status IN ('held','queued','running')", (reason, time.time(), job_id)).rowcount == 1
+
+    def retry(self, job_id: int) -> bool:
+        with self._tx() as c:
+            return c.execute(
+                "UPDATE jobs SET status='queued', attempts=0, error=NULL, finished_at=NULL WHERE id=? AND status='failed'",
+                (job_id,)).rowcount == 1
+
+    # -- pieces -------------------------------------------------------------
+    def add_piece(self, job: Job, worker: str, image: Any, meta: Mapping[str, Any], *,
+                  extra_files: Mapping[str, os.PathLike | str] | None = None, thumb_size: int = 512) -> Piece:
+        """Write the image (and thumbnail) atomically, then record the piece and finish the job in one transaction.
+
+        ``meta`` carries at least exhibit, series, title, generator, label, params, config, models and may carry
+        sigma and render_seconds. The PNG's text chunks hold the same metadata as the row.
+        """
+        now = time.time()
+        day = time.strftime("%Y%m%d", time.gmtime(now))
+        stem = f"{day}/job{job.id:06d}-{job.seed}"
+        full_meta = {
+            "exhibit": job.exhibit, "prompt": job.prompt_text, "prompts": [list(p) for p in job.prompts],
+            "seed": job.seed, "job_id": job.id, "created_at": now, **dict(meta),
+        }
+        data = png_bytes(image, full_meta)
+        sha = hashlib.sha256(data).hexdigest()
+        image_rel = f"pieces/{stem}.png"
+        thumb_rel = f"pieces/{stem}.thumb.jpg"
+        atomic_write_bytes(self.root / image_rel, data)
+        thumb = image.copy()
+        thumb.thumbnail((thumb_size, thumb_size))
+        import io
+
+        buf = io.BytesIO()
+        thumb.convert("RGB").save(buf, format="JPEG", quality=88)
+        atomic_write_bytes(self.root / thumb_rel, buf.getvalue())
+        extra = {}
+        for key, p in (extra_files or {}).items():
+            p = Path(p)
+            dest_rel = f"pieces/{stem}.{key}{p.suffix}"
+            atomic_write_bytes(self.root / dest_rel, p.read_bytes())
+            extra[key] = dest_rel
+        with self._tx() as c:
+            self._owned(c, job.id, worker)
+            cur = c.execute(
+                "INSERT INTO pieces(job_id, exhibit, series, title, generator, label, prompts, prompt_text, seed, sigma,"
+                " params, config, models, width, height, image_path, thumb_path, extra, sha256, created_at,"
+                " render_seconds) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (job.id, job.exhibit, meta.get("series", ""), meta.get("title", ""), meta.get("generator", ""),
+                 meta.get("label", ""), json.dumps([list(p) for p in job.prompts]), job.prompt_text, job.seed,
+                 meta.get("sigma"), json.dumps(meta.get("params", {}), sort_keys=True, default=str),
+                 json.dumps(meta.get("config", {}), sort_keys=True, default=str),
+                 json.dumps(meta.get("models", {}), sort_keys=True, default=str),
+                 image.width, image.height, image_rel, thumb_rel, json.dumps(extra), sha, now,
+                 meta.get("render_seconds")),
+            )
+            piece_id = cur.lastrowid
+            c.execute("UPDATE jobs SET status='done', piece_id=?, finished_at=?, worker=NULL, lease_until=NULL,"
+                      " step=total WHERE id=?", (piece_id, now, job.id))
+            row = c.execute("SELECT * FROM pieces WHERE id=?", (piece_id,)).fetchone()
+        log.info("piece %d written: %s", piece_id, image_rel)
+        return Piece.from_row(row)
+
+    def get_piece(self, piece_id: int, *, include_hidden: bool = False) -> Piece | None:
+        row = self.conn.execute("SELECT * FROM pieces WHERE id=?", (piece_id,)).fetchone()
+        if row is None or (row["hidden"] and not include_hidden):
+            return None
+        return Piece.from_row(row)
+
+    def recent_pieces(self, limit: int = 20, *, exhibit: str | None = None, include_hidden: bool = False,
+                      before_id: int | None = None, curation: str | None = None) -> list[Piece]:
+        sql, args = "SELECT * FROM pieces WHERE 1=1", []
+        if not include_hidden:
+            sql += " AND hidden=0"
+        if exhibit:
+            sql += " AND exhibit=?"
+            args.append(exhibit)
+        if before_id is not None:
+            sql += " AND id < ?"
+            args.append(before_id)
+        if curation == "unreviewed":
+            sql += " AND curation IS NULL"
+        elif curation:
+            sql += " AND curation=?"
+            args.append(curation)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [Piece.from_row(r) for r in self.conn.execute(sql, args)]
+
+    def latest_piece_id(self) -> int:
+        row = self.conn.execute("SELECT MAX(id) FROM pieces WHERE hidden=0").fetchone()
+        return row[0] or 0
+
+    def count_pieces(self, exhibit: str | None = None) -> int:
+        if exhibit is None:
+            return self.conn.execute("SELECT COUNT(*) FROM pieces").fetchone()[0]
+        return self.conn.execute("SELECT COUNT(*) FROM pieces WHERE exhibit=?", (exhibit,)).fetchone()[0]
+
+    def set_hidden(self, piece_id: int, hidden: bool) -> bool:
+        with self._tx() as c:
+            return c.execute("UPDATE pieces SET hidden=? WHERE id=?", (int(hidden), piece_id)).rowcount == 1
+
+    def set_curation(self, piece_id: int, verdict: str | None) -> bool:
+        if verdict not in (None, "keep", "reject"):
+            raise StoreError(f"curation must be 'keep', 'reject' or empty, got {verdict!r}")
+        with self._tx() as c:
+            return c.execute("UPDATE pieces SET curation=? WHERE id=?", (verdict, piece_id)).rowcount == 1
+
+    def path(self, rel: str) -> Path:
+        """Absolute path of a file recorded relative to the store root (refuses to leave the root)."""
+        p = (self.root / rel).resolve()
+        if self.root.resolve() not in p.parents:
+            raise StoreError(f"path {rel!r} is outside the store")
+        return p
+
+    def verify_piece(self, piece: Piece) -> bool:
+        """True if the image on disk still has the sha256 recorded in the row."""
+        try:
+            return hashlib.sha256(self.path(piece.image_path).read_bytes()).hexdigest() == piece.sha256
+        except FileNotFoundError:
+            return False
+
+    # -- workers ------------------------------------------------------------
+    def worker_beat(self, worker: str, *, state: str, message: str = "", device: str = "") -> None:
+        now = time.time()
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO workers(id, pid, started_at, beat_at, state, message, device) VALUES (?,?,?,?,?,?,?)"
+                " ON CONFLICT(id) DO UPDATE SET beat_at=excluded.beat_at, state=excluded.state,"
+                " message=excluded.message, device=excluded.device, pid=excluded.pid",
+                (worker, os.getpid(), now, now, state, message, device))
+
+    def worker_gone(self, worker: str) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE workers SET state='stopped', beat_at=? WHERE id=?", (time.time(), worker))
+
+    def workers_alive(self, within: float = 15.0) -> list[dict]:
+        rows = self.conn.execute("SELECT * FROM workers WHERE beat_at > ? AND state != 'stopped'",
+                                 (time.time() - within,)).fetchall()
+        return [dict(r) for r in rows]
