@@ -30,6 +30,12 @@ class ConfigError(ValueError):
         super().__init__(msg)
 
 
+class UnknownExhibit(ConfigError):
+    def __init__(self, name: str, known: list[str]):
+        ValueError.__init__(self, f"unknown exhibit {name!r}; known exhibits: {', '.join(known)}")
+        self.path, self.key, self.expected, self.got = "", "exhibit", f"one of {', '.join(known)}", name
+
+
 @dataclass(frozen=True)
 class PromptGroup:
     name: str
@@ -252,6 +258,6 @@ def load_exhibits(names: list[str] | tuple[str, ...] | None = None, extra_dirs: 
     for n in names:
         key = n.replace("_", "-")
         if key not in paths:
-            raise ConfigError("exhibits", "name", f"one of {', '.join(sorted(paths))}", n)
+            raise UnknownExhibit(n, sorted(paths))
         out[key] = load_exhibit(paths[key], known_generators=known_generators)
     return out

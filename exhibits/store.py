@@ -318,8 +318,9 @@ class Store:
         with self._tx() as c:
             self._expire_leases(c, time.time())
 
-    def claim(self, worker: str, *, lease: float = 30.0, exhibits: Sequence[str] | None = None) -> Job | None:
-        """Atomically take the most urgent queued job (optionally only of ``exhibits``), or None."""
+    def claim(self, worker: str, *, lease: float = 30.0, exhibits: Sequence[str] | None = None,
+              batch: str | None = None) -> Job | None:
+        """Atomically take the most urgent queued job (optionally only of ``exhibits``, or of one batch), or None."""
         now = time.time()
         with self._tx() as c:
             self._expire_leases(c, now)
@@ -330,6 +331,9 @@ class Store:
                     return None
                 sql += f" AND exhibit IN ({','.join('?' * len(exhibits))})"
                 args += list(exhibits)
+            if batch is not None:
+                sql += " AND source='batch' AND json_extract(params, '$.batch') = ?"
+                args.append(batch)
             row = c.execute(sql + " ORDER BY priority DESC, id LIMIT 1", args).fetchone()
             if row is None:
                 return None

@@ -1,0 +1,286 @@
+"""``python -m kiosk <command>``: one entry point for the artist, the staff and systemd.
+
+The display and the web app never import torch; only ``worker``, ``render`` and
+``fetch-models`` reach into ``renderer``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from exhibits.config import ConfigError, exhibit_paths, load_exhibit, load_exhibits
+from exhibits.show import ShowConfig, load_show, public_base_url
+
+log = logging.getLogger("kiosk")
+
+EPILOG = """
+first run (no weights needed):   python -m kiosk demo --windowed
+an exhibit machine:              python -m kiosk fetch-models stylegan1-ffhq-1024
+                                 python -m kiosk demo --exhibits strange-attractions doorways
+merch batch:                     python -m kiosk render strange-attractions --count 5000
+check an exhibit file:           python -m kiosk exhibits --check my_exhibit.toml
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="show configuration TOML (kiosk.toml); every key is optional")
+    p.add_argument("--data", type=Path, help="archive directory: SQLite store, pieces, progress frames "
+                                             "(default $KIOSK_DATA or ~/.local/share/kiosk)")
+    p.add_argument("--weights", type=Path, help="model weights directory (default DATA/weights)")
+    p.add_argument("--exhibits", nargs="+", metavar="NAME", help="exhibits the playlist draws from (default: demo)")
+    p.add_argument("--exhibit-dir", action="append", type=Path, default=None,
+                   help="extra directory of the artist's exhibit TOML files (repeatable)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (worker only)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m kiosk", description="A generative-art installation: Doorways and Strange Attractions.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="command")
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        _common(p)
+        return p
+
+    p = add("demo", "run the whole show: worker and web app in the background, the display in front")
+    p.add_argument("--windowed", action="store_true", help="a window instead of full screen")
+    p.add_argument("--port", type=int, help="web app port (default 8080)")
+    p.add_argument("--no-web", action="store_true", help="do not start the phone web app")
+    p.add_argument("--seconds", type=float, help="stop after this many seconds (for a quick look)")
+
+    p = add("display", "the full-screen kiosk display (pygame)")
+    p.add_argument("--windowed", action="store_true", help="a window instead of full screen")
+    p.add_argument("--seconds", type=float, help="stop after this many seconds")
+    p.add_argument("--screenshot", type=Path, help="save the last frame to this PNG")
+
+    p = add("worker", "the render worker: claims jobs and makes pieces (the only torch user)")
+    p.add_argument("--once", action="store_true", help="render one job and exit")
+
+    p = add("web", "the phone and staff web app (waitress)")
+    p.add_argument("--port", type=int, help="port (default 8080)")
+    p.add_argument("--host", help="address to listen on (default 0.0.0.0)")
+
+    p = add("render", "batch-render pieces of one exhibit into the archive (resumable)")
+    p.add_argument("exhibit", help="exhibit name, e.g. strange-attractions")
+    p.add_argument("--count", type=int, default=1, help="how many pieces")
+    p.add_argument("--seed", type=int, default=0, help="first seed; piece i uses seed+i")
+    p.add_argument("--batch", help="batch name (default EXHIBIT-SEED-COUNT); the same name resumes")
+    p.add_argument("--sigma", type=float, help="fixed sigma instead of the exhibit's range")
+    p.add_argument("--prompt", help="prompt text ('a:1 | b:1') instead of the exhibit's own")
+
+    p = add("exhibits", "list the exhibits, or check exhibit files")
+    p.add_argument("--check", nargs="+", type=Path, metavar="FILE", help="validate these TOML files")
+
+    p = add("status", "queue, workers and archive at a glance")
+
+    p = add("models", "list known model checkpoints and whether they are installed")
+    p = add("fetch-models", "download model checkpoints into the weights directory (resumes, verifies)")
+    p.add_argument("names", nargs="+", help="checkpoint names (see: python -m kiosk models)")
+
+    p = add("export", "export finished pieces: print PDF, AR texture packs, GLB, QR")
+    p.add_argument("pieces", nargs="*", type=int, help="piece ids (default: all pieces curated 'keep')")
+    p.add_argument("--kind", default="bundle", help="exporter name (print, spark_ar, lens_studio, effect_house, "
+                                                     "glb, bundle, ...)")
+    p.add_argument("--out", type=Path, default=Path("exports"), help="output directory")
+    return parser
+
+
+def show_config(args: argparse.Namespace) -> ShowConfig:
+    cfg = load_show(args.config)
+    over = {
+        "data_dir": args.data, "weights_dir": args.weights, "device": args.device,
+        "exhibits": tuple(n.replace("_", "-") for n in args.exhibits) if args.exhibits else None,
+        "exhibit_dirs": tuple(args.exhibit_dir) if args.exhibit_dir else None,
+    }
+    if getattr(args, "windowed", False):
+        over["fullscreen"] = False
+    if getattr(args, "port", None):
+        over["port"] = args.port
+    if getattr(args, "host", None):
+        over["host"] = args.host
+    cfg = cfg.with_overrides(**over)
+    load_exhibits(list(cfg.exhibits), cfg.exhibit_dirs)  # unknown exhibit: ConfigError before anything starts
+    return cfg
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def _child_args(args: argparse.Namespace, cfg: ShowConfig) -> list[str]:
+    out = ["--data", str(cfg.data_dir), "--exhibits", *cfg.exhibits]
+    if args.config:
+        out += ["--config", str(args.config)]
+    if args.weights:
+        out += ["--weights", str(args.weights)]
+    for d in cfg.exhibit_dirs:
+        out += ["--exhibit-dir", str(d)]
+    if args.device:
+        out += ["--device", args.device]
+    return out
+
+
+def cmd_demo(args: argparse.Namespace, cfg: ShowConfig) -> int:
+    from kiosk.display import run as run_display
+
+    exe = [sys.executable, "-m", "kiosk"]
+    children: list[subprocess.Popen] = []
+    children.append(subprocess.Popen([*exe, "worker", *_child_args(args, cfg)]))
+    if not args.no_web:
+        children.append(subprocess.Popen([*exe, "web", "--port", str(cfg.port), *_child_args(args, cfg)]))
+        log.info("phone web app: %s", public_base_url(cfg))
+    try:
+        run_display(cfg, max_seconds=args.seconds)
+    finally:
+        for c in children:
+            if c.poll() is None:
+                c.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        for c in children:
+            try:
+                c.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("pid %d did not stop in time; killing it", c.pid)
+                c.kill()
+    return 0
+
+
+def cmd_display(args: argparse.Namespace, cfg: ShowConfig) -> int:
+    from kiosk.display import run as run_display
+
+    run_display(cfg, max_seconds=args.seconds, screenshot=args.screenshot)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, cfg: ShowConfig) -> int:
+    from renderer.worker import main
+
+    return main(cfg, once=args.once)
+
+
+def cmd_web(args: argparse.Namespace, cfg: ShowConfig) -> int:
+    from kiosk.web import serve
+
+    serve(cfg)
+    return 0
+
+
+def cmd_render(args: argparse.Namespace, cfg: ShowConfig) -> int:
+    from kiosk.batch import render_batch
+
+    return render_batch(cfg, args.exhibit.replace("_", "-"), count=args.count, seed=args.seed, batch=args.batch,
+                        sigma=args.sigma, prompt=args.prompt)
+
+
+def cmd_exhibits(args: argparse.Namespace, cfg: ShowConfig) -> int:
+    if args.check:
+        bad = 0
+        for path in args.check:
+            try:
+                ex = load_exhibit(path)
+            except ConfigError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                bad += 1
+            else:
+                print(f"ok: {path} ({ex.title}, generator {ex.generator})")
+        return 1 if bad else 0
+    for name, path in exhibit_paths(cfg.exhibit_dirs).items():
+        try:
+            ex = load_exhibit(path)
+        except ConfigError as exc:
+            print(f"{name:22s} ERROR {exc}")
+            continue
+        sets = len(ex.all_sets())
+        print(f"{name:22s} {ex.generator:11s} {ex.width}x{ex.height}  {ex.title}" + (f"  ({sets} realm sets)" if sets else ""))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, cfg: ShowConfig) -> int:
+    from exhibits.store import Store
+
+    store = Store(cfg.data_dir)
+    workers = store.workers_alive()
+    print(f"archive: {cfg.data_dir}  pieces: {store.count_pieces()}  queued: {store.count_queued()}")
+    print(f"workers alive: {len(workers)}" + "".join(f"\n  {w['id']} {w['state']} {w['device']} {w['message']}" for w in workers))
+    for job in store.jobs(["running", "queued", "held"], limit=20):
+        print(f"  job {job.id:5d} {job.status:8s} {job.source:8s} {job.exhibit:20s} {job.prompt_text[:50]}")
+    print(f"web app: {public_base_url(cfg)}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace, cfg: ShowConfig) -> int:
+    from renderer import weights
+
+    for row in weights.status(cfg.weights):
+        print(f"{row['name']:32s} {row['state']:10s} {row.get('family', ''):12s} {row.get('description', '')}")
+    return 0
+
+
+def cmd_fetch_models(args: argparse.Namespace, cfg: ShowConfig) -> int:
+    from renderer import weights
+
+    for name in args.names:
+        path = weights.fetch(name, cfg.weights)
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, cfg: ShowConfig) -> int:
+    from exhibits.store import Store
+    from filters import registry
+
+    store = Store(cfg.data_dir)
+    pieces = [store.get_piece(i, include_hidden=True) for i in args.pieces] if args.pieces else \
+        store.recent_pieces(100000, curation="keep", include_hidden=True)
+    missing = [i for i, p in zip(args.pieces, pieces) if p is None]
+    if missing:
+        print(f"error: no piece with id {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
+    if not pieces:
+        print("nothing to export: no piece ids given and no piece is curated 'keep'", file=sys.stderr)
+        return 1
+    for piece in pieces:
+        meta = {**piece.public(), "params": piece.params, "models": piece.models}
+        out = registry.export(args.kind, store.path(piece.image_path), meta, args.out / f"piece-{piece.id}")
+        for path in out:
+            print(path)
+    return 0
+
+
+COMMANDS = {
+    "demo": cmd_demo, "display": cmd_display, "worker": cmd_worker, "web": cmd_web, "render": cmd_render,
+    "exhibits": cmd_exhibits, "status": cmd_status, "models": cmd_models, "fetch-models": cmd_fetch_models,
+    "export": cmd_export,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    _setup_logging(args.verbose)
+    try:
+        cfg = show_config(args)
+        return COMMANDS[args.command](args, cfg)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, RuntimeError, OSError) as exc:
+        # Our errors carry a message meant for people (which file, which key, what to run).
+        log.debug("details", exc_info=True)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
