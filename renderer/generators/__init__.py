@@ -1,8 +1,14 @@
-"""Built-in generators. Each module registers itself with ``renderer.base.register`` when imported."""
+"""Built-in generators. Each module registers itself with ``renderer.base.register`` when imported.
+
+An artist can host another CLIP-steered generator without touching this package:
+put a module that calls ``renderer.base.register("name")`` on the Python path and
+name it in ``KIOSK_GENERATORS`` (comma-separated module names).
+"""
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -27,4 +33,6 @@ def load_all() -> None:
             if exc.name and mod.startswith(exc.name):
                 continue  # that generator is not part of this build yet
             raise
+    for mod in filter(None, (m.strip() for m in os.environ.get("KIOSK_GENERATORS", "").split(","))):
+        importlib.import_module(mod)  # an artist's own generator: a missing module is an error worth seeing
     _loaded = True

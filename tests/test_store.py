@@ -1,0 +1,115 @@
+import multiprocessing as mp
+import sqlite3
+import time
+
+import pytest
+from PIL import Image
+
+from exhibits.files import read_png_meta
+from exhibits.store import Store, StoreError
+
+
+def _claimer(root, name, start, out):
+    s = Store(root)
+    start.wait(30)
+    got = []
+    while True:
+        job = s.claim(name, lease=60)
+        if job is None:
+            break
+        got.append(job.id)
+        time.sleep(0.002)  # a little work between claims, as a real worker does
+    out.put((name, got))
+
+
+def test_concurrent_workers_never_claim_the_same_job(tmp_path):
+    root = tmp_path / "s"
+    s = Store(root)
+    ids = {s.submit("demo", seed=i).id for i in range(200)}
+    ctx = mp.get_context("spawn")
+    out, start = ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=_claimer, args=(str(root), f"w{i}", start, out)) for i in range(4)]
+    for p in procs:
+        p.start()
+    time.sleep(1.0)  # let every process open the store before the race starts
+    start.set()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    claimed = [j for _, got in results for j in got]
+    assert len(claimed) == len(set(claimed)), "a job was claimed twice"
+    assert set(claimed) == ids
+    assert sum(1 for _, got in results if got) >= 2, "only one process ever won a claim"
+    assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_priority_order_and_queue_position(store):
+    play = store.submit("demo", source="playlist")
+    vis = store.submit("demo", source="visitor", prompt_text="fire")
+    tap = store.submit("demo", source="tap")
+    assert [store.queue_position(j.id) for j in (tap, vis, play)] == [1, 2, 3]
+    assert store.claim("w").id == tap.id
+    assert store.queue_position(tap.id) is None
+
+
+def test_expired_lease_requeues_then_fails_after_max_attempts(store):
+    job = store.submit("demo", source="visitor", prompt_text="keep me", max_attempts=2)
+    assert store.claim("dead-1", lease=0.01).id == job.id
+    time.sleep(0.05)
+    again = store.claim("w2", lease=0.01)
+    assert again.id == job.id and again.attempts == 2
+    time.sleep(0.05)
+    store.requeue_expired()
+    failed = store.get_job(job.id)
+    assert failed.status == "failed" and "stopped answering" in failed.error
+    assert failed.prompt_text == "keep me"  # the visitor's prompt is still there
+    assert store.retry(job.id) and store.get_job(job.id).status == "queued"
+
+
+def test_only_the_lease_holder_may_finish(store):
+    job = store.submit("demo")
+    claimed = store.claim("w1")
+    with pytest.raises(StoreError, match="no longer held by worker w2"):
+        store.add_piece(claimed, "w2", Image.new("RGB", (8, 8)), {"generator": "default"})
+    assert store.count_pieces() == 0
+    assert not list(store.pieces_dir.rglob("*.png.*")), "a temporary file was left behind"
+    assert store.heartbeat(job.id, "w1") and not store.heartbeat(job.id, "w2")
+
+
+def test_piece_row_and_png_metadata_agree(store):
+    store.submit("demo", prompts=[("fire", 1.0), ("ice", 0.5)], prompt_text="fire | ice", seed=42,
+                 params={"sigma": 1.5})
+    job = store.claim("w")
+    img = Image.new("RGB", (40, 30), (10, 200, 30))
+    meta = {"series": "S", "title": "T", "generator": "default", "label": "weights-free", "sigma": 1.5,
+            "params": {"sigma": 1.5}, "models": {"net": "sha256:abc"}, "config": {"k": 1}}
+    piece = store.add_piece(job, "w", img, meta)
+    assert store.get_job(job.id).status == "done" and store.get_job(job.id).piece_id == piece.id
+    png = read_png_meta(store.path(piece.image_path))
+    assert png["seed"] == piece.seed == 42 and png["prompts"] == [["fire", 1.0], ["ice", 0.5]]
+    assert png["models"] == piece.models and png["sigma"] == piece.sigma == 1.5
+    assert store.verify_piece(piece)
+    store.path(piece.image_path).write_bytes(b"tampered")
+    assert not store.verify_piece(piece)
+    with pytest.raises(StoreError, match="outside the store"):
+        store.path("../../etc/passwd")
+
+
+def test_moderation_hold_approve_cancel(store):
+    held = store.submit("demo", source="visitor", held=True)
+    assert store.claim("w") is None
+    assert store.approve(held.id) and store.claim("w").id == held.id
+    other = store.submit("demo", source="visitor")
+    assert store.cancel(other.id) and store.get_job(other.id).status == "cancelled"
+    assert store.claim("w") is None
+
+
+def test_store_survives_reopen_and_rejects_bad_source(tmp_path):
+    s = Store(tmp_path)
+    job = s.submit("demo", prompt_text="persist")
+    s.close()
+    s2 = Store(tmp_path)
+    assert s2.get_job(job.id).prompt_text == "persist"
+    with pytest.raises(StoreError, match="unknown job source 'x'"):
+        s2.submit("demo", source="x")
+    assert isinstance(s2.conn, sqlite3.Connection)
