@@ -1,0 +1,33 @@
+# Shared by demo.sh and test.sh: create the virtual environment and install pinned requirements.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3.11}"
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info[:2] < (3, 11))'; then
+  echo "error: Python 3.11 or newer is needed ($PYTHON is $("$PYTHON" --version 2>&1))" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo "creating .venv with $PYTHON"
+  "$PYTHON" -m venv .venv
+fi
+install_requirements() {
+  # $1: requirements file. Re-installs only when the file changed since the last install.
+  local req="$1" stamp=".venv/.installed-$(basename "$1")"
+  if [ ! -f "$stamp" ] || [ "$req" -nt "$stamp" ] || [ requirements.txt -nt "$stamp" ]; then
+    .venv/bin/python -m pip install --disable-pip-version-check -q -r "$req"
+    touch "$stamp"
+  fi
+}
+apt_install() {
+  # Debian packages the project needs; installs only what is missing.
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+}

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# One command on a fresh machine: install, then run the whole show on the weights-free default.
+#   scripts/demo.sh                 full screen
+#   scripts/demo.sh --windowed      in a window
+source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
+install_requirements requirements.txt
+exec .venv/bin/python -m kiosk demo "$@"
