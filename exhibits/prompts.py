@@ -14,6 +14,8 @@ MAX_VISITOR_CHARS = 200
 MAX_PARTS = 5
 
 _WEIGHT_RE = re.compile(r"^(?P<text>.*?):\s*(?P<weight>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$", re.S)
+# After the last colon: something that was meant as a weight but is not one ("1.2.3", "nan", "-inf").
+_BROKEN_WEIGHT_RE = re.compile(r"^[-+]?(?:[\d.]+(?:[eE][-+]?[\d.]*)?|nan|inf|infinity)$", re.I)
 
 
 class PromptError(ValueError):
@@ -39,6 +41,13 @@ def parse_prompts(text: str, *, max_parts: int = MAX_PARTS) -> tuple[Prompt, ...
     for i, raw in enumerate(parts, 1):
         m = _WEIGHT_RE.match(raw)
         body, weight = (m.group("text"), float(m.group("weight"))) if m else (raw, 1.0)
+        where = f"prompt part {i} of {len(parts)} ({raw.strip()[:30]!r})"
+        if not m and ":" in raw:
+            tail = raw.rsplit(":", 1)[1].strip()
+            if not tail and raw.strip() != ":":
+                raise PromptError(f"{where} ends with ':' but no weight: write a number after it, like 'sea:0.5'")
+            if _BROKEN_WEIGHT_RE.match(tail):
+                raise PromptError(f"{where} has the weight {tail[:20]!r}, which is not a finite number")
         body = " ".join(body.split())
         if not body:
             raise PromptError(f"prompt part {i} of {len(parts)} is empty")

@@ -22,6 +22,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -229,8 +230,7 @@ class Store:
         self.progress_dir = self.root / "progress"
         self.work_dir = self.root / "work"
         self._timeout = timeout
-        self._conn: sqlite3.Connection | None = None
-        self._pid = os.getpid()
+        self._local = threading.local()
         for d in (self.root, self.pieces_dir, self.progress_dir, self.work_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.conn.executescript(_SCHEMA)
@@ -240,21 +240,24 @@ class Store:
     # -- connection ---------------------------------------------------------
     @property
     def conn(self) -> sqlite3.Connection:
-        # One connection per process; a forked child opens its own.
-        if self._conn is None or self._pid != os.getpid():
-            c = sqlite3.connect(self.db_path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
+        # One connection per thread (waitress serves from several; the worker renews leases from
+        # a heartbeat thread) and per process (a forked child opens its own).
+        loc = self._local
+        if getattr(loc, "conn", None) is None or loc.pid != os.getpid():
+            c = sqlite3.connect(self.db_path, timeout=self._timeout, isolation_level=None)
             c.row_factory = sqlite3.Row
             c.execute("PRAGMA journal_mode=WAL")
             c.execute("PRAGMA synchronous=NORMAL")
             c.execute("PRAGMA foreign_keys=ON")
             c.execute(f"PRAGMA busy_timeout={int(self._timeout * 1000)}")
-            self._conn, self._pid = c, os.getpid()
-        return self._conn
+            loc.conn, loc.pid = c, os.getpid()
+        return loc.conn
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Close this thread's connection (others close when their threads end)."""
+        if getattr(self._local, "conn", None) is not None:
+            self._local.conn.close()
+            self._local.conn = None
 
     @contextmanager
     def _tx(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:

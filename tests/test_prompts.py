@@ -19,7 +19,8 @@ def test_weighted_prompt_syntax():
 @pytest.mark.parametrize("text,fragment", [
     ("", "empty"), ("   ", "empty"), ("a | | b", "part 2 of 3 is empty"), (":2", "part 1 of 1 is empty"),
     ("a:-1", "positive weight"), ("a|b|c|d|e|f", "too many"), ("x" * 201, "at most 200"),
-    ("bad\x07bell", "control character"), ("a:1e999", "finite"),
+    ("bad\x07bell", "control character"), ("a:1e999", "finite"), ("a:|b", "ends with ':' but no weight"),
+    ("sea:1.2.3", "'1.2.3', which is not a finite number"), ("sea:nan", "not a finite number"),
 ])
 def test_visitor_text_rejections_say_why(text, fragment):
     with pytest.raises(PromptError, match=fragment):

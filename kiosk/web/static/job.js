@@ -1,0 +1,35 @@
+// Short-polls the job's JSON every few seconds and updates the page; stops once the job is finished.
+(function () {
+  "use strict";
+  var box = document.getElementById("job");
+  if (!box || box.dataset.finished === "true") return;
+  var api = box.dataset.api, every = parseInt(box.dataset.poll, 10) || 2000;
+  var $ = function (id) { return document.getElementById(id); };
+
+  function show(data) {
+    var status = $("status");
+    status.textContent = data.message;
+    status.className = "status status-" + data.status;
+    status.dataset.status = data.status;
+    $("position-box").hidden = !data.position;
+    $("position").textContent = data.position || "";
+    $("progress-box").hidden = data.status !== "running";
+    $("progress").value = data.percent;
+    $("steps").textContent = data.total ? "step " + data.step + " of " + data.total : "";
+    if (data.piece_url) {
+      $("piece-link").href = data.piece_url;
+      $("done-box").hidden = false;
+    }
+  }
+
+  function poll() {
+    fetch(api, { headers: { "Accept": "application/json" }, cache: "no-store" })
+      .then(function (r) { if (!r.ok) throw new Error("HTTP " + r.status); return r.json(); })
+      .then(function (data) {
+        show(data);
+        if (!data.finished) setTimeout(poll, every);
+      })
+      .catch(function () { setTimeout(poll, every * 2); });
+  }
+  setTimeout(poll, every);
+})();

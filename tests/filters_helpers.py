@@ -1,0 +1,39 @@
+"""Real test images for the exporters, made with numpy."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+META = {
+    "piece_id": 7,
+    "title": "Doorway 7",
+    "prompt": [["a doorway into fog", 1.0], ["neon", 0.5]],
+    "seed": 1234,
+    "sigma": 0.8,
+    "generator": "default",
+    "exhibit": "doorways",
+}
+
+
+def gradient(width: int = 256, height: int = 256) -> Image.Image:
+    y, x = np.mgrid[0:height, 0:width]
+    arr = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x ^ y) & 255], -1)
+    return Image.fromarray(arr.astype(np.uint8), "RGB")
+
+
+def noise(size: int = 256, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB")
+
+
+def save_piece(path: Path, image: Image.Image | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (image or gradient()).save(path, format="PNG")
+    return path
+
+
+def listing(folder: Path) -> list[str]:
+    """Every entry under ``folder`` (hidden ones too), relative, sorted."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
