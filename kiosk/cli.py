@@ -135,7 +135,8 @@ def cmd_demo(args: argparse.Namespace, cfg: ShowConfig) -> int:
 
     exe = [sys.executable, "-m", "kiosk"]
     children: list[subprocess.Popen] = []
-    children.append(subprocess.Popen([*exe, "worker", *_child_args(args, cfg)]))
+    # The renderer runs at a lower priority so the display holds its frame rate on a small machine.
+    children.append(subprocess.Popen([*exe, "worker", *_child_args(args, cfg)], preexec_fn=lambda: os.nice(10)))
     if not args.no_web:
         children.append(subprocess.Popen([*exe, "web", "--port", str(cfg.port), *_child_args(args, cfg)]))
         log.info("phone web app: %s", public_base_url(cfg))

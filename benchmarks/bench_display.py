@@ -1,0 +1,172 @@
+"""Display frame times, idle versus a busy renderer hammering the store and the CPU.
+
+    python benchmarks/bench_display.py [--seconds 10] [--sizes 1280x720,1920x1080]
+
+For each screen size the display runs twice in this process through
+``kiosk.display.run``: idle (archive of finished pieces, crossfading every
+hold), then busy: a separate process plays the worker (claims a job and
+publishes 512 px JPEG progress frames through ``Store.publish_frame`` as fast as
+it can while burning CPU), and another process burns CPU. The display then
+alternates between finished pieces and the live view, decoding every frame in
+its loader thread. Frame time is the time between two flips at a 60 fps target.
+Uses SDL's dummy video driver unless ``--keep-driver`` is given (then e.g. under
+``xvfb-run`` the frames go to a real X server).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+WORKER = "bench-worker"
+WARMUP_FRAMES = 10
+
+
+def _pattern(seed: int, size: int = 512):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    chans = [0.5 + 0.5 * np.sin(rng.uniform(3, 15) * (x + rng.uniform(0, 1) * y) * 6.28 + c) for c in range(3)]
+    return Image.fromarray((np.stack(chans, -1) * 255).astype(np.uint8))
+
+
+def _fill_archive(root: Path, n: int = 6) -> None:
+    from exhibits.store import Store
+
+    store = Store(root)
+    for i in range(n):
+        store.submit("demo", prompt_text=f"benchmark piece {i}", seed=i)
+        job = store.claim("filler")
+        meta = {"series": "Weights-free demo", "title": f"piece {i}", "generator": "default",
+                "label": "weights-free pattern network", "params": {}, "config": {}, "models": {}, "sigma": 1.0 + i}
+        store.add_piece(job, "filler", _pattern(i, 768), meta)
+    store.close()
+
+
+def _busy_worker(root: str, stop: "mp.synchronize.Event", nice: int = 0) -> None:
+    """Play the renderer: a running job whose progress frame is replaced as fast as possible, plus CPU burn."""
+    import numpy as np
+
+    os.nice(nice)
+
+    from exhibits.store import Store
+
+    store = Store(root)
+    store.worker_beat(WORKER, state="busy")
+    store.submit("demo", prompt_text="a busy renderer", seed=1)
+    job = store.claim(WORKER, lease=600)
+    step, total = 0, 10_000
+    a = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    while not stop.is_set():
+        img = _pattern(step % 50)
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        store.publish_frame(job.id, WORKER, buf.getvalue(), step=step % total, total=total, lease=600)
+        if step % 20 == 0:
+            store.worker_beat(WORKER, state="busy")
+        for _ in range(4):  # the "optimisation step"
+            a = np.tanh(a @ a.T * 1e-3)
+        step += 1
+    store.worker_gone(WORKER)
+    store.close()
+
+
+def _burn(stop: "mp.synchronize.Event", nice: int = 0) -> None:
+    os.nice(nice)
+    x = 0
+    while not stop.is_set():
+        for i in range(100_000):
+            x ^= i * i
+
+
+def _summary(stats) -> dict:
+    times = sorted(stats.frame_times[WARMUP_FRAMES:])
+    work = sorted(stats.work_times[WARMUP_FRAMES:])
+    n = len(times)
+    return {
+        "frames": n,
+        "mean": 1000 * statistics.fmean(times),
+        "p99": 1000 * times[min(n - 1, round(0.99 * (n - 1)))],
+        "worst": 1000 * times[-1],
+        "held60": sum(1 for t in times if t <= 1.25 / 60) / n,
+        "under33": sum(1 for t in times if t <= 0.033) / n,
+        "work_mean": 1000 * statistics.fmean(work),
+        "work_p99": 1000 * work[min(n - 1, round(0.99 * (n - 1)))],
+        "states": ",".join(stats.states_visited),
+    }
+
+
+def _run_display(root: Path, size: tuple[int, int], seconds: float) -> dict:
+    from exhibits.show import ShowConfig
+    from exhibits.store import Store
+    from kiosk.display import run
+
+    cfg = ShowConfig(data_dir=root, fullscreen=False, width=size[0], height=size[1], fps=60, hold_seconds=1.5,
+                     crossfade_seconds=1.0, public_url="http://192.168.1.20:8080")
+    store = Store(root)
+    try:
+        return _summary(run(cfg, store, max_seconds=seconds))
+    finally:
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="display frame times, idle vs busy")
+    ap.add_argument("--seconds", type=float, default=10.0, help="seconds per run (default 10)")
+    ap.add_argument("--sizes", default="1280x720,1920x1080")
+    ap.add_argument("--worker-nice", type=int, default=0,
+                    help="niceness of the busy processes (a systemd unit would give the worker Nice=10)")
+    ap.add_argument("--keep-driver", action="store_true", help="do not force SDL_VIDEODRIVER=dummy")
+    args = ap.parse_args(argv)
+    if not args.keep_driver:
+        os.environ["SDL_VIDEODRIVER"] = "dummy"
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
+    ctx = mp.get_context("spawn")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            root = Path(tmp) / f"{size[0]}x{size[1]}"
+            _fill_archive(root)
+            idle = _run_display(root, size, args.seconds)
+            stop = ctx.Event()
+            procs = [ctx.Process(target=_busy_worker, args=(str(root), stop, args.worker_nice)),
+                     ctx.Process(target=_burn, args=(stop, args.worker_nice))]
+            for p in procs:
+                p.start()
+            time.sleep(1.0)  # let the worker publish its first frames
+            try:
+                busy = _run_display(root, size, args.seconds)
+            finally:
+                stop.set()
+                for p in procs:
+                    p.join(10)
+            rows.append((size, idle, busy))
+    print(f"display frame times, 60 fps target, {args.seconds:g} s per run, {os.cpu_count()} CPUs, "
+          f"SDL driver {os.environ.get('SDL_VIDEODRIVER', 'default')}, busy processes at nice {args.worker_nice}")
+    head = (f"{'size':>10} {'run':>5} {'frames':>6} {'mean ms':>8} {'p99 ms':>7} {'worst ms':>8} {'held 60':>7} "
+            f"{'<33ms':>6} {'work mean':>9} {'work p99':>8}  states")
+    print(head)
+    print("-" * len(head))
+    for size, idle, busy in rows:
+        for name, r in (("idle", idle), ("busy", busy)):
+            print(f"{size[0]}x{size[1]:<5} {name:>5} {r['frames']:>6} {r['mean']:>8.2f} {r['p99']:>7.2f} "
+                  f"{r['worst']:>8.2f} {r['held60']:>7.1%} {r['under33']:>6.1%} {r['work_mean']:>9.2f} "
+                  f"{r['work_p99']:>8.2f}  {r['states']}")
+        print(f"{'':>10} {'ratio':>5} {'':>6} {busy['mean'] / idle['mean']:>8.2f} {busy['p99'] / idle['p99']:>7.2f} "
+              f"{busy['worst'] / idle['worst']:>8.2f}   busy/idle;  worst frame under 33 ms: "
+              f"idle {'yes' if idle['worst'] < 33 else 'no'}, busy {'yes' if busy['worst'] < 33 else 'no'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,239 @@
+"""The kiosk display against a real store, with a real (dummy-driver) pygame window."""
+from __future__ import annotations
+
+import pytest
+
+from tests.display_helpers import (WORKER, FakeClock, add_piece, center_color, finish_job, jpeg, near, pump,
+                                   show_config, solid)
+
+import pygame  # noqa: E402  (display_helpers selects the dummy video driver first)
+
+from exhibits.store import Store  # noqa: E402
+from kiosk.display import Display, run  # noqa: E402
+from kiosk.display.render import ACCENT  # noqa: E402
+
+RED, BLUE, GREEN, MAGENTA = (210, 30, 40), (30, 60, 220), (40, 200, 60), (230, 40, 230)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "archive")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def opened():
+    displays = []
+
+    def _open(store: Store, clock: FakeClock | None = None, failsafe_seconds: float = 5.0, **cfg) -> Display:
+        d = Display(show_config(store.root, **cfg), store.root, clock=clock, failsafe_seconds=failsafe_seconds,
+                    poll_seconds=0.02)
+        d.open()
+        displays.append(d)
+        return d
+
+    yield _open
+    for d in displays:
+        d.close()
+
+
+def colours_in(surface: pygame.Surface, rect: pygame.Rect) -> set[tuple[int, int, int]]:
+    return {tuple(surface.get_at((x, y)))[:3] for x in range(rect.left, rect.right, 2)
+            for y in range(rect.top, rect.bottom, 2)}
+
+
+def test_shows_newest_piece_with_caption_and_qr(store, opened):
+    add_piece(store, solid(RED))
+    newest = add_piece(store, solid(BLUE), prompt="blue hour over the harbour")
+    clk = FakeClock()
+    d = opened(store, clk)
+    assert pump(d, lambda: d.card_piece_id == newest.id, clock=clk)
+    assert d.state == "showing"
+    assert near(center_color(d), BLUE)
+    w, h = d.size
+    # the letterbox bars hold the caption (left) and the piece's QR code (right): both black and white there
+    right_bar = pygame.Rect(w - (w - h) // 2, h // 3, (w - h) // 2, 2 * h // 3)
+    assert {(0, 0, 0), (255, 255, 255)} <= colours_in(d.screen, right_bar)
+    left_bottom = pygame.Rect(0, h // 2, (w - h) // 2, h // 2)
+    assert len(colours_in(d.screen, left_bottom)) > 3  # anti-aliased caption text
+    assert d.qrs._cache  # the QR codes were rendered once and cached
+
+
+def test_tap_events_make_exactly_one_job_and_its_piece_shows_when_it_lands(store, opened):
+    add_piece(store, solid(RED))
+    clk = FakeClock()
+    d = opened(store, clk)
+    assert pump(d, lambda: d.card is not None, clock=clk)
+    pygame.event.post(pygame.event.Event(pygame.MOUSEBUTTONUP, button=1, pos=(10, 10), touch=False))
+    pygame.event.post(pygame.event.Event(pygame.FINGERUP, touch_id=1, finger_id=0, x=0.5, y=0.5, dx=0.0, dy=0.0))
+    pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_SPACE, mod=0, unicode=" ", scancode=44))
+    assert pump(d, lambda: d.tap_job is not None, clock=clk)
+    assert d.state == "making"
+    for _ in range(3):  # a visitor keeps tapping while the piece is being made
+        pygame.event.post(pygame.event.Event(pygame.MOUSEBUTTONUP, button=1, pos=(10, 10), touch=False))
+        pump(d, lambda: False, timeout=0.05, clock=clk, step=1.0)
+    taps = store.jobs(source="tap")
+    assert len(taps) == 1 and taps[0].status == "queued"
+    assert taps[0].exhibit == "demo" and 0.5 <= taps[0].params["sigma"] <= 3.0  # drawn from the exhibit's range
+    assert d.stats.taps == 1 and d.stats.taps_ignored >= 5
+
+    job = store.claim(WORKER)
+    assert job is not None and job.id == taps[0].id  # taps go first
+    piece = finish_job(store, job, solid(GREEN))
+    assert pump(d, lambda: d.card_piece_id == piece.id and d.state == "showing", clock=clk)
+    assert near(center_color(d), GREEN)
+    # once the tap's piece has landed, a new tap makes a new job
+    clk.advance(5)
+    pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_RETURN, mod=0, unicode="\r", scancode=40))
+    assert pump(d, lambda: d.tap_job is not None and d.tap_job != job.id, clock=clk)
+    assert len(store.jobs(source="tap")) == 2
+
+
+def test_making_shows_the_newest_progress_frame_and_bar(store, opened):
+    add_piece(store, solid(RED))
+    clk = FakeClock()
+    d = opened(store, clk)
+    assert pump(d, lambda: d.card is not None, clock=clk)
+    d.tap(clk())
+    assert pump(d, lambda: d.tap_job is not None, clock=clk)
+    job = store.claim(WORKER)
+    assert job is not None
+    store.publish_frame(job.id, WORKER, jpeg(solid(BLUE, (96, 96))), step=10, total=100)
+    assert pump(d, lambda: d.frame is not None and d.frame[0].step == 10, clock=clk)
+    store.publish_frame(job.id, WORKER, jpeg(solid(MAGENTA, (96, 96))), step=50, total=100)
+    assert pump(d, lambda: d.frame is not None and d.frame[0].step == 50, clock=clk)
+    d.tick()
+    w, h = d.size
+    assert d.state == "making"
+    assert near(d.screen.get_at((w // 2, d.frame_box[1] // 2)), MAGENTA, tol=20)
+    m = max(8, round(h * 0.03))
+    bar_y = h - m - max(6, h // 60) // 2 - 1
+    assert near(d.screen.get_at((m + 20, bar_y)), ACCENT)  # the first half of the bar is filled
+    assert not near(d.screen.get_at((w - 2 * m - round(w * 0.12) - 10, bar_y)), ACCENT)
+
+
+def test_worker_notice_follows_heartbeats(store, opened):
+    add_piece(store, solid(RED))
+    clk = FakeClock()
+    d = opened(store, clk)
+    assert pump(d, lambda: d.card is not None and d.status is not None, clock=clk)
+    assert d.notice is not None and "warming up" in d.notice
+    w, h = d.size
+    corner = pygame.Rect(w - (w - h) // 2 + 1, 0, (w - h) // 2 - 1, h // 8)  # the right letterbox bar
+    assert len(colours_in(d.screen, corner)) > 2  # the notice is drawn in the top right corner
+    store.worker_beat(WORKER, state="idle")
+    assert pump(d, lambda: d.notice is None, clock=clk)
+    d.tick()
+    assert colours_in(d.screen, corner) == {(0, 0, 0)}
+    store.worker_gone(WORKER)
+    assert pump(d, lambda: d.notice is not None, clock=clk)
+    assert "offline" in d.notice and d.state == "showing"
+
+
+def test_empty_archive_welcomes_and_leaves_when_the_first_piece_lands(store, opened):
+    clk = FakeClock()
+    d = opened(store, clk, width=320, height=240)
+    assert pump(d, lambda: d.state == "welcome", clock=clk)
+    d.tick()
+    w, h = d.size
+    middle = pygame.Rect(w // 2 - h // 6, h // 3, h // 3, h // 4)
+    assert {(0, 0, 0), (255, 255, 255)} <= colours_in(d.screen, middle)  # the web app's QR code
+    first = add_piece(store, solid(BLUE))
+    assert pump(d, lambda: d.state == "showing" and d.card_piece_id == first.id, clock=clk)
+    assert near(center_color(d), BLUE)
+
+
+def test_a_bad_piece_row_goes_to_failsafe_and_the_show_comes_back(store, opened):
+    add_piece(store, solid(RED))
+    clk = FakeClock()
+    d = opened(store, clk, failsafe_seconds=2.0)
+    assert pump(d, lambda: d.card is not None, clock=clk)
+    bad = add_piece(store, solid(BLUE), sigma="not a number")  # a row no caption can be made from
+    assert bad.sigma == "not a number"
+    assert pump(d, lambda: d.state == "failsafe", clock=clk, step=0.0)
+    assert d.stats.state_errors == 1
+    clk.advance(2.5)
+    assert pump(d, lambda: d.state == "showing", clock=clk)
+    for _ in range(20):
+        d.tick()
+    assert d.state == "showing" and d.stats.state_errors == 1
+    assert near(center_color(d), RED)  # the last good piece
+    # the bad piece is skipped when the show cycles
+    d.cfg = show_config(store.root, hold_seconds=0.5)
+    clk.advance(2)
+    pump(d, lambda: False, timeout=0.5, clock=clk, step=0.3)
+    assert d.stats.state_errors == 1 and d.card_piece_id != bad.id
+    assert d.stats.states_visited[:3] == ["showing", "failsafe", "showing"]
+
+
+def test_a_broken_image_file_is_skipped(store, opened):
+    good = add_piece(store, solid(RED))
+    clk = FakeClock()
+    d = opened(store, clk)
+    assert pump(d, lambda: d.card_piece_id == good.id, clock=clk)
+    broken = add_piece(store, solid(BLUE))
+    store.path(broken.image_path).write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    assert pump(d, lambda: d.loader.errors >= 1, clock=clk)
+    for _ in range(10):
+        d.tick()
+    assert d.state == "showing" and d.card_piece_id == good.id
+    assert near(center_color(d), RED)
+
+
+def test_crossfade_blends_the_two_pieces(store, opened):
+    add_piece(store, solid(RED))
+    clk = FakeClock()
+    d = opened(store, clk, crossfade_seconds=1.0)
+    assert pump(d, lambda: d.card is not None, clock=clk)
+    clk.advance(2.0)
+    d.tick()
+    assert near(center_color(d), RED)
+    blue = add_piece(store, solid(BLUE))
+    assert pump(d, lambda: d.card_piece_id == blue.id, clock=clk, step=0.0)
+    clk.advance(0.5)
+    d.tick()
+    mid = center_color(d)
+    expect = tuple((a + b) // 2 for a, b in zip(RED, BLUE))
+    assert near(mid, expect, tol=10), (mid, expect)
+    clk.advance(0.6)
+    d.tick()
+    assert near(center_color(d), BLUE)
+
+
+def test_cycles_through_recent_pieces_when_nothing_lands(store, opened):
+    older = add_piece(store, solid(RED))
+    newest = add_piece(store, solid(BLUE))
+    clk = FakeClock()
+    d = opened(store, clk, hold_seconds=3.0)
+    assert pump(d, lambda: d.card_piece_id == newest.id, clock=clk, step=0.0)
+    clk.advance(3.5)
+    assert pump(d, lambda: d.card_piece_id == older.id, clock=clk, step=0.0)
+    assert near(center_color(d), RED)
+    clk.advance(3.5)
+    assert pump(d, lambda: d.card_piece_id == newest.id, clock=clk, step=0.0)  # wraps around
+
+
+def test_quit_keys_windowed_and_fullscreen(store, opened):
+    d = opened(store)
+    d.handle_event(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_ESCAPE, mod=0), 0.0)
+    assert not d.running
+    d.close()
+    f = opened(store, fullscreen=True)
+    assert pygame.mouse.get_visible() is False
+    for key, mod in ((pygame.K_ESCAPE, 0), (pygame.K_q, 0), (pygame.K_q, pygame.KMOD_LCTRL)):
+        f.handle_event(pygame.event.Event(pygame.KEYDOWN, key=key, mod=mod), 0.0)
+        assert f.running  # a visitor's key press does not end the show
+    f.handle_event(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_q, mod=pygame.KMOD_LCTRL | pygame.KMOD_LSHIFT), 0.0)
+    assert not f.running
+
+
+def test_run_entry_point_counts_frames_and_saves_a_screenshot(store, tmp_path):
+    add_piece(store, solid(GREEN))
+    shot = tmp_path / "shot.png"
+    stats = run(show_config(store.root), store, max_frames=40, screenshot=shot)
+    assert stats.frames == 40 and len(stats.frame_times) == 40
+    assert "showing" in stats.states_visited
+    assert shot.exists() and stats.worst_ms >= stats.p99_ms >= 0
+    stats = run(show_config(store.root), store, max_seconds=0.3)
+    assert stats.frames > 0 and stats.seconds >= 0.3
