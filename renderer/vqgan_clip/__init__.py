@@ -1,0 +1,8 @@
+"""VQGAN+CLIP: a VQGAN decoder steered by CLIP prompts, with panoramas and symmetry losses.
+
+Modules: ``vqgan`` (the model and its safe checkpoint loader), ``clip_guidance``
+(open_clip models and prompt losses), ``cutouts`` (batched crops and
+augmentations), ``losses`` (symmetry and panorama terms), ``optimise`` (the one
+optimisation loop), ``memory`` (estimates before a run) and ``generator`` (the
+registered ``vqgan_clip`` generator).
+"""

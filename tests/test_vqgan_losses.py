@@ -1,0 +1,129 @@
+"""Cutouts, panorama weights and symmetry losses pull the right way."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from renderer.vqgan_clip import cutouts as cut
+from renderer.vqgan_clip.clip_guidance import load_clip, prompt_loss, semantic_symmetry_loss, spherical_dist
+from renderer.vqgan_clip.losses import edge_symmetry, panorama_weights, prompt_position_weights, tone_symmetry
+
+
+def test_panorama_weights_sum_to_one_and_interpolate():
+    x = torch.linspace(0, 1, 41)
+    for n in (2, 3, 4):
+        for mode in ("linear", "cosine", "smoothstep"):
+            w = panorama_weights(x, n, mode)
+            assert torch.allclose(w.sum(1), torch.ones(41))
+            assert torch.allclose(w[0], torch.eye(n)[0]) and torch.allclose(w[-1], torch.eye(n)[-1])
+    two = panorama_weights(torch.tensor([0.25, 0.5]), 2, "linear")
+    assert torch.allclose(two, torch.tensor([[0.75, 0.25], [0.5, 0.5]]))
+    cos = panorama_weights(torch.tensor([0.25]), 2, "cosine")
+    assert math.isclose(float(cos[0, 1]), (1 - math.cos(math.pi / 4)) / 2, rel_tol=1e-6)
+    smooth = panorama_weights(torch.tensor([0.25]), 2, "smoothstep")
+    assert math.isclose(float(smooth[0, 1]), 0.25 ** 2 * (3 - 0.5), rel_tol=1e-6)
+    three = panorama_weights(torch.tensor([0.5, 0.75]), 3, "linear")  # left / centre / right
+    assert torch.allclose(three, torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.5, 0.5]]))
+    with pytest.raises(ValueError, match="allowed"):
+        panorama_weights(x, 2, "wiggly")
+
+
+def test_negative_prompts_apply_everywhere():
+    w = prompt_position_weights(torch.tensor([0.0, 1.0]), torch.tensor([1.0, -0.5, 1.0]), "linear")
+    assert torch.allclose(w, torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]]))
+
+
+def test_boxes_mirror_and_crops_match_a_per_cutout_loop():
+    g = torch.Generator().manual_seed(0)
+    boxes = cut.sample_boxes(12, 64, 32, 8, 1.0, g, mirror_pairs=4)
+    a, b = torch.arange(4) * 2, torch.arange(4) * 2 + 1
+    assert torch.equal(boxes.x0[b], 64 - boxes.x0[a] - boxes.size[a]) and torch.equal(boxes.y0[a], boxes.y0[b])
+    assert torch.allclose(boxes.x_centre[a] + boxes.x_centre[b], torch.ones(4, dtype=torch.float64))
+    # equal sizes, a multiple of the output size: roi_align's area sampling equals average pooling exactly
+    boxes.size = torch.full_like(boxes.size, 16)
+    boxes.x0 = boxes.x0.clamp(max=64 - 16)
+    boxes.x0[b] = 64 - boxes.x0[a] - boxes.size[a]
+    boxes.y0 = boxes.y0.clamp(max=32 - boxes.size)
+    img = torch.rand(1, 3, 32, 64)
+    assert torch.allclose(cut.crop_resize(img, boxes, 8), cut.per_cutout_reference(img, boxes, 8), atol=1e-5)
+
+
+def test_mirrored_pairs_really_mirror_with_augmentations():
+    g = torch.Generator().manual_seed(1)
+    half = torch.rand(1, 3, 40, 40)
+    img = torch.cat([half, half.flip(-1)], -1)  # left-right symmetric
+    boxes = cut.sample_boxes(16, 80, 40, 16, 1.0, g, mirror_pairs=8)
+    params = cut.sample_augment(boxes, cut.AugmentConfig(blur_p=0.5), g)
+    out = cut.make_cutouts(img, boxes, 16, params)
+    assert torch.allclose(out[0::2], out[1::2], atol=1e-4)
+    assert not torch.allclose(out[0], out[2])
+
+
+def _adam(param, loss_fn, steps=20, lr=0.05):
+    opt = torch.optim.Adam([param], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn(param).backward()
+        opt.step()
+        with torch.no_grad():
+            param.clamp_(0, 1)
+
+
+def _flip_diff(img):
+    return float((img - img.flip(-1)).abs().mean())
+
+
+def _edge_flip_diff(img):
+    import kornia
+
+    e = kornia.filters.sobel(img.mean(1, keepdim=True))
+    e = torch.nn.functional.avg_pool2d(e, 8)
+    return float((e - e.flip(-1)).abs().mean())
+
+
+@pytest.mark.parametrize("loss,measure", [(tone_symmetry, _flip_diff), (edge_symmetry, _edge_flip_diff)])
+def test_symmetry_losses_make_the_image_more_symmetric(loss, measure):
+    torch.manual_seed(0)
+    img = torch.zeros(1, 3, 32, 48)
+    img[..., 4:14, 4:20] = 1.0  # a bright block on the left only
+    img = (img + 0.05 * torch.rand_like(img)).clamp(0, 1).requires_grad_(True)
+    before_loss, before_diff = float(loss(img)), measure(img.detach())
+    _adam(img, loss, steps=25)
+    assert float(loss(img)) < 0.7 * before_loss
+    assert measure(img.detach()) < before_diff
+
+
+def test_prompt_loss_positive_pulls_negative_pushes():
+    target = torch.randn(1, 8)
+    for w, sign in ((1.0, -1), (-1.0, 1)):
+        torch.manual_seed(1)
+        emb = torch.randn(4, 8, requires_grad=True)
+        before = float(spherical_dist(emb.detach()[:, None], target[None]).mean())
+        _loss = lambda e: prompt_loss(e, target, torch.tensor([w]), torch.ones(4, 1))  # noqa: E731
+        opt = torch.optim.Adam([emb], lr=0.05)
+        for _ in range(10):
+            opt.zero_grad()
+            _loss(emb).backward()
+            opt.step()
+        after = float(spherical_dist(emb.detach()[:, None], target[None]).mean())
+        assert (after - before) * sign > 0
+
+
+def test_semantic_symmetry_raises_the_pair_cosine():
+    clip = load_clip("tiny", weights_dir=None, device=torch.device("cpu"))
+    targets = clip.encode_text(["an entrance to heaven", "an entrance to hell"], torch.device("cpu"))
+    g = torch.Generator().manual_seed(2)
+    torch.manual_seed(2)
+    img = torch.rand(1, 3, 32, 64, requires_grad=True)
+    boxes = cut.sample_boxes(8, 64, 32, 32, 1.0, g, mirror_pairs=4)
+    mix = panorama_weights(boxes.x_centre, 2, "linear")
+
+    def loss(x):
+        emb = clip.encode_image(cut.make_cutouts(x, boxes, clip.size, None))
+        return semantic_symmetry_loss(emb, targets, mix, 4)
+
+    before = float(loss(img))
+    _adam(img, loss, steps=15, lr=0.02)
+    assert float(loss(img)) < before  # 1 - cos fell: the cosine rose
