@@ -44,6 +44,9 @@ class ShowConfig:
     # worker
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     queue_depth: int = 1  # playlist jobs kept waiting
+    playlist_interval: float = 20.0  # at least this many seconds between playlist pieces (taps/visitors: at once)
+    keep_playlist_pieces: int = 5000  # older playlist pieces are pruned (visitors' and curated ones never)
+    min_free_mb: int = 1024  # below this much free disk the playlist pauses
 
     @property
     def weights(self) -> Path:
@@ -63,7 +66,8 @@ _TYPES = {
     "fps": (int, "frames per second"), "host": (str, "an address to listen on"), "port": (int, "a TCP port"),
     "public_url": (str, "a URL like http://192.168.1.20:8080"), "staff_password": (str, "a password"),
     "prompt_rate_limit": (str, "a limit like '5 per minute'"), "device": (str, "auto, cpu, cuda or cuda:N"),
-    "queue_depth": (int, "a whole number"),
+    "queue_depth": (int, "a whole number"), "playlist_interval": ((int, float), "a number of seconds"),
+    "keep_playlist_pieces": (int, "a whole number of pieces"), "min_free_mb": (int, "a whole number of megabytes"),
 }
 
 

@@ -568,6 +568,24 @@ class Store:
         with self._tx() as c:
             return c.execute("UPDATE pieces SET curation=? WHERE id=?", (verdict, piece_id)).rowcount == 1
 
+    def prune_playlist_pieces(self, keep: int) -> int:
+        """Delete the oldest playlist pieces beyond the newest ``keep`` (never visitors', taps', batches' or
+        curated ones), files first, then rows. Returns how many were removed."""
+        rows = self.conn.execute(
+            "SELECT p.id, p.image_path, p.thumb_path, p.extra FROM pieces p JOIN jobs j ON j.id = p.job_id"
+            " WHERE j.source = 'playlist' AND p.curation IS NULL ORDER BY p.id DESC LIMIT -1 OFFSET ?",
+            (max(0, keep),)).fetchall()
+        for row in rows:
+            for rel in [row["image_path"], row["thumb_path"], *json.loads(row["extra"]).values()]:
+                if rel:
+                    self.path(rel).unlink(missing_ok=True)
+            with self._tx() as c:
+                c.execute("UPDATE jobs SET piece_id=NULL WHERE piece_id=?", (row["id"],))
+                c.execute("DELETE FROM pieces WHERE id=?", (row["id"],))
+        if rows:
+            log.info("pruned %d old playlist pieces (keeping the newest %d)", len(rows), keep)
+        return len(rows)
+
     def path(self, rel: str) -> Path:
         """Absolute path of a file recorded relative to the store root (refuses to leave the root)."""
         p = (self.root / rel).resolve()

@@ -130,9 +130,18 @@ def _child_args(args: argparse.Namespace, cfg: ShowConfig) -> list[str]:
     return out
 
 
+def _exit_on_sigterm() -> None:
+    # systemd and the demo stop us with SIGTERM: leave through the normal path so children are stopped too.
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cmd_demo(args: argparse.Namespace, cfg: ShowConfig) -> int:
     from kiosk.display import run as run_display
 
+    _exit_on_sigterm()
     exe = [sys.executable, "-m", "kiosk"]
     children: list[subprocess.Popen] = []
     # The renderer runs at a lower priority so the display holds its frame rate on a small machine.
@@ -159,6 +168,7 @@ def cmd_demo(args: argparse.Namespace, cfg: ShowConfig) -> int:
 def cmd_display(args: argparse.Namespace, cfg: ShowConfig) -> int:
     from kiosk.display import run as run_display
 
+    _exit_on_sigterm()
     run_display(cfg, max_seconds=args.seconds, screenshot=args.screenshot)
     return 0
 

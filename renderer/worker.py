@@ -70,6 +70,8 @@ class Worker:
         self.device = None
         self.dtype = None
         self._playlist: Playlist | None = None
+        self._last_playlist = float("-inf")
+        self._last_disk_warning = float("-inf")
 
     # -- lifecycle ----------------------------------------------------------
     def stop(self, *_: Any) -> None:
@@ -134,12 +136,26 @@ class Worker:
         return [n for n in self.exhibits if n not in self._unavailable]
 
     def _top_up(self) -> None:
+        """Keep the playlist going, paced to the display and never filling the disk."""
         if not self.top_up or self._playlist is None or self.batch:
             return
+        now = time.monotonic()
+        if now - self._last_playlist < self.cfg.playlist_interval:
+            return
+        free_mb = shutil.disk_usage(self.store.root).free // 2**20
+        if free_mb < self.cfg.min_free_mb:
+            if self.store.prune_playlist_pieces(self.cfg.keep_playlist_pieces // 2) == 0:
+                if now - self._last_disk_warning > 600:
+                    log.warning("only %d MB free in %s: the playlist is paused (visitors' prompts still run)",
+                                free_mb, self.store.root)
+                    self._last_disk_warning = now
+                return
         while self.store.count_queued("playlist") < self.cfg.queue_depth:
             spec = self._playlist.next()
             self.store.submit(spec.exhibit, prompts=spec.prompts, prompt_text=spec.prompt_text, seed=spec.seed,
                               params=spec.params, source="playlist")
+            self._last_playlist = now
+        self.store.prune_playlist_pieces(self.cfg.keep_playlist_pieces)
 
     def run(self, *, max_jobs: int | None = None, idle_exit: float | None = None) -> WorkerStats:
         """Claim and render until stopped (or ``max_jobs`` done, or idle for ``idle_exit`` seconds)."""

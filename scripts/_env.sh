@@ -17,6 +17,8 @@ install_requirements() {
   local req="$1" stamp=".venv/.installed-$(basename "$1")"
   if [ ! -f "$stamp" ] || [ "$req" -nt "$stamp" ] || [ requirements.txt -nt "$stamp" ]; then
     .venv/bin/python -m pip install --disable-pip-version-check -q -r "$req"
+    # The project itself, editable, so `python -m kiosk` and `kiosk` work from any directory.
+    .venv/bin/python -m pip install --disable-pip-version-check -q --no-deps -e .
     touch "$stamp"
   fi
 }

@@ -113,3 +113,16 @@ def test_store_survives_reopen_and_rejects_bad_source(tmp_path):
     with pytest.raises(StoreError, match="unknown job source 'x'"):
         s2.submit("demo", source="x")
     assert isinstance(s2.conn, sqlite3.Connection)
+
+
+def test_pruning_keeps_visitors_and_curated_pieces(store):
+    made = {}
+    for i, source in enumerate(["playlist", "visitor", "playlist", "playlist", "playlist"]):
+        store.submit("demo", source=source, seed=i)
+        job = store.claim("w")
+        made[i] = store.add_piece(job, "w", Image.new("RGB", (8, 8)), {"generator": "default"})
+    store.set_curation(made[0].id, "keep")
+    assert store.prune_playlist_pieces(keep=1) == 2  # pieces 2 and 3; 4 is the newest playlist piece
+    left = {p.seed for p in store.recent_pieces(10)}
+    assert left == {0, 1, 4}
+    assert not store.path(made[2].image_path).exists() and store.path(made[1].image_path).exists()
