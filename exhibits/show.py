@@ -43,6 +43,7 @@ class ShowConfig:
     prompt_rate_limit: str = "5 per minute"
     # worker
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    worker_threads: int = 0  # torch CPU threads; 0: all cores but one, which is left to the display
     queue_depth: int = 1  # playlist jobs kept waiting
     playlist_interval: float = 20.0  # at least this many seconds between playlist pieces (taps/visitors: at once)
     keep_playlist_pieces: int = 5000  # older playlist pieces are pruned (visitors' and curated ones never)
@@ -66,7 +67,7 @@ _TYPES = {
     "fps": (int, "frames per second"), "host": (str, "an address to listen on"), "port": (int, "a TCP port"),
     "public_url": (str, "a URL like http://192.168.1.20:8080"), "staff_password": (str, "a password"),
     "prompt_rate_limit": (str, "a limit like '5 per minute'"), "device": (str, "auto, cpu, cuda or cuda:N"),
-    "queue_depth": (int, "a whole number"), "playlist_interval": ((int, float), "a number of seconds"),
+    "queue_depth": (int, "a whole number"), "worker_threads": (int, "a whole number (0: automatic)"), "playlist_interval": ((int, float), "a number of seconds"),
     "keep_playlist_pieces": (int, "a whole number of pieces"), "min_free_mb": (int, "a whole number of megabytes"),
 }
 

@@ -85,9 +85,14 @@ class Worker:
 
     def setup(self) -> None:
         """Choose the device once, load the exhibits and find out which generators can run here."""
+        import torch
+
         from renderer import base
         from renderer.device import autocast_dtype, choose_device, describe
 
+        # On a small machine torch's threads fight the display for the cores; leave it one.
+        threads = self.cfg.worker_threads or max(1, (os.cpu_count() or 2) - 1)
+        torch.set_num_threads(threads)
         self.device = choose_device(self.cfg.device)
         self.dtype = autocast_dtype(self.device)
         self.device_name = describe(self.device)

@@ -126,3 +126,10 @@ def test_pruning_keeps_visitors_and_curated_pieces(store):
     left = {p.seed for p in store.recent_pieces(10)}
     assert left == {0, 1, 4}
     assert not store.path(made[2].image_path).exists() and store.path(made[1].image_path).exists()
+
+
+def test_archive_files_are_readable_by_the_web_user(store):
+    store.submit("demo")
+    job = store.claim("w")
+    piece = store.add_piece(job, "w", Image.new("RGB", (8, 8)), {"generator": "default"})
+    assert store.path(piece.image_path).stat().st_mode & 0o777 == 0o644
