@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="web app port (default 8080)")
     p.add_argument("--no-web", action="store_true", help="do not start the phone web app")
     p.add_argument("--seconds", type=float, help="stop after this many seconds (for a quick look)")
+    p.add_argument("--screenshot", type=Path, help="save the last frame to this PNG")
 
     p = add("display", "the full-screen kiosk display (pygame)")
     p.add_argument("--windowed", action="store_true", help="a window instead of full screen")
@@ -150,7 +151,7 @@ def cmd_demo(args: argparse.Namespace, cfg: ShowConfig) -> int:
         children.append(subprocess.Popen([*exe, "web", "--port", str(cfg.port), *_child_args(args, cfg)]))
         log.info("phone web app: %s", public_base_url(cfg))
     try:
-        run_display(cfg, max_seconds=args.seconds)
+        run_display(cfg, max_seconds=args.seconds, screenshot=args.screenshot)
     finally:
         for c in children:
             if c.poll() is None:

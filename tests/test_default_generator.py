@@ -160,6 +160,8 @@ def test_bfloat16_autocast_on_cpu_is_finite_and_close(gen, tmp_path):
     c32 = make_ctx(tmp_path, torch.float32)
     c16 = make_ctx(tmp_path, torch.bfloat16)
     req = make_req(seed=4, width=96, height=96, sigma=0.5)
+    assert gen.render(req, c16).meta["autocast"] == "float32"  # opt-in only
+    req = make_req(seed=4, width=96, height=96, sigma=0.5, autocast=True)
     r16 = gen.render(req, c16)
     assert r16.meta["autocast"] == "bfloat16"
     s = gen.effective_settings(req)
