@@ -24,6 +24,10 @@ _loaded = False
 
 def load_all() -> None:
     global _loaded
+    # The artist's modules are looked at on every call (importing twice is free), so a
+    # process that sets KIOSK_GENERATORS after its first look still finds them.
+    for mod in filter(None, (m.strip() for m in os.environ.get("KIOSK_GENERATORS", "").split(","))):
+        importlib.import_module(mod)  # an artist's own generator: a missing module is an error worth seeing
     if _loaded:
         return
     for mod in BUILTIN:
@@ -33,6 +37,4 @@ def load_all() -> None:
             if exc.name and mod.startswith(exc.name):
                 continue  # that generator is not part of this build yet
             raise
-    for mod in filter(None, (m.strip() for m in os.environ.get("KIOSK_GENERATORS", "").split(","))):
-        importlib.import_module(mod)  # an artist's own generator: a missing module is an error worth seeing
     _loaded = True
