@@ -12,7 +12,6 @@ import os
 
 log = logging.getLogger(__name__)
 
-# module path -> why it may be missing (optional heavy dependencies)
 BUILTIN = (
     "renderer.generators.default",
     "renderer.stylegan.generator",
@@ -31,10 +30,5 @@ def load_all() -> None:
     if _loaded:
         return
     for mod in BUILTIN:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name and mod.startswith(exc.name):
-                continue  # that generator is not part of this build yet
-            raise
+        importlib.import_module(mod)
     _loaded = True

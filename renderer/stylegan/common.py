@@ -1,0 +1,65 @@
+"""What every synthesis network here shares: the W+ interface and a JSON-able config."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+NOISE_MODES = ("const", "random", "none")
+
+
+class Synthesis(torch.nn.Module):
+    """Base class: ``forward(ws[N, num_ws, w_dim], noise_mode) -> images[N, C, H, W]`` in about [-1, 1].
+
+    Subclasses set ``family``, ``num_ws``, ``w_dim``, ``img_resolution``, ``img_channels``,
+    own a ``w_avg`` buffer (the mapping network's running mean of W) and return the
+    keyword arguments that rebuild them from :meth:`config`.
+    """
+
+    family: str = ""
+    num_ws: int
+    w_dim: int
+    img_resolution: int
+    img_channels: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fp16_enabled = False  # set by the caller on CUDA when the checkpoint trained with fp16
+
+    @property
+    def has_fp16(self) -> bool:
+        return False
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "const",
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images for ``ws``; on the CPU a batch runs one sample at a time (same result, better cache use)."""
+        self.check_noise_mode(noise_mode)
+        self.check_ws(ws)
+        if ws.device.type == "cpu" and ws.shape[0] > 1:
+            return torch.cat([self.synthesize(ws[i:i + 1], noise_mode, generator) for i in range(ws.shape[0])])
+        return self.synthesize(ws, noise_mode, generator)
+
+    def synthesize(self, ws: torch.Tensor, noise_mode: str, generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def check_noise_mode(noise_mode: str) -> None:
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {', '.join(NOISE_MODES)}, got {noise_mode!r}")
+
+    def check_ws(self, ws: torch.Tensor) -> None:
+        if ws.ndim != 3 or ws.shape[1] != self.num_ws or ws.shape[2] != self.w_dim:
+            raise ValueError(
+                f"ws must have shape [N, {self.num_ws}, {self.w_dim}] for this {self.family} network, "
+                f"got {list(ws.shape)}"
+            )
+
+
+def randn_like_on(shape: list[int], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Gaussian noise with ``generator`` (drawn where the generator lives), moved next to ``like``."""
+    if generator is None:
+        return torch.randn(shape, device=like.device, dtype=like.dtype)
+    return torch.randn(shape, generator=generator, device=generator.device).to(like.device, like.dtype)

@@ -1,0 +1,160 @@
+"""StyleGAN2 / StyleGAN2-ADA synthesis network ('skip' architecture), in plain PyTorch.
+
+Parameter names follow NVlabs stylegan2-ada-pytorch (``b4.const``, ``b8.conv0.affine.weight``,
+``b8.torgb.bias``, ``b4.conv1.noise_const`` ...) so those checkpoints load by name;
+TF StyleGAN2 and rosinality checkpoints are renamed into this layout by the loaders.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+
+from renderer.stylegan.common import Synthesis, randn_like_on
+from renderer.stylegan.ops import SQRT2, FullyConnected, bias_act, modulated_conv2d_sg2, setup_filter, upsample2d
+
+
+def sg2_channels(img_resolution: int, channel_base: int = 32768, channel_max: int = 512) -> dict[int, int]:
+    """Channels per block resolution, as StyleGAN2-ADA computes them."""
+    log2 = int(math.log2(img_resolution))
+    return {2 ** i: min(channel_base // 2 ** i, channel_max) for i in range(2, log2 + 1)}
+
+
+class SynthesisLayer(torch.nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, up: int = 1,
+                 conv_clamp: float | None = None, use_noise: bool = True) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.up = up
+        self.conv_clamp = conv_clamp
+        self.use_noise = use_noise
+        self.affine = FullyConnected(w_dim, in_channels, bias_init=1)
+        self.weight = torch.nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
+        if use_noise:
+            self.register_buffer("noise_const", torch.randn(resolution, resolution))
+            self.noise_strength = torch.nn.Parameter(torch.zeros([]))
+        self.bias = torch.nn.Parameter(torch.zeros(out_channels))
+        self.register_buffer("resample_filter", setup_filter([1, 3, 3, 1]))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str, generator: torch.Generator | None,
+                fused: bool | None) -> torch.Tensor:
+        styles = self.affine(w)
+        x = modulated_conv2d_sg2(x, self.weight, styles, up=self.up, padding=1,
+                                 resample_filter=self.resample_filter, fused=fused)
+        if self.use_noise and noise_mode == "random":
+            x = x + randn_like_on([x.shape[0], 1, self.resolution, self.resolution], x, generator) \
+                * self.noise_strength.to(x.dtype)
+        elif self.use_noise and noise_mode == "const":
+            x = x + (self.noise_const * self.noise_strength).to(x.dtype)
+        return bias_act(x, self.bias, slope=0.2, gain=SQRT2, clamp=self.conv_clamp)
+
+
+class ToRGBLayer(torch.nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, conv_clamp: float | None = None) -> None:
+        super().__init__()
+        self.conv_clamp = conv_clamp
+        self.affine = FullyConnected(w_dim, in_channels, bias_init=1)
+        self.weight = torch.nn.Parameter(torch.randn(out_channels, in_channels, 1, 1))
+        self.bias = torch.nn.Parameter(torch.zeros(out_channels))
+        self.weight_gain = 1 / math.sqrt(in_channels)
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor, fused: bool | None) -> torch.Tensor:
+        styles = self.affine(w) * self.weight_gain
+        x = modulated_conv2d_sg2(x, self.weight, styles, demodulate=False, fused=fused)
+        return bias_act(x, self.bias, clamp=self.conv_clamp)
+
+
+class SynthesisBlock(torch.nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int,
+                 use_fp16: bool, conv_clamp: float | None, use_noise: bool) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.resolution = resolution
+        self.use_fp16 = use_fp16
+        self.num_conv = 1 if in_channels == 0 else 2
+        self.num_torgb = 1
+        if in_channels == 0:
+            self.const = torch.nn.Parameter(torch.randn(out_channels, resolution, resolution))
+        else:
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2,
+                                        conv_clamp=conv_clamp, use_noise=use_noise)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution,
+                                    conv_clamp=conv_clamp, use_noise=use_noise)
+        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
+        self.register_buffer("resample_filter", setup_filter([1, 3, 3, 1]))
+
+    def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor, noise_mode: str,
+                generator: torch.Generator | None, fp16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = torch.float16 if (self.use_fp16 and fp16) else torch.float32
+        # One grouped conv with per-sample kernels, except for fp16 batches (activation scaling is safer there).
+        fused = dtype == torch.float32 or ws.shape[0] == 1
+        if self.in_channels == 0:
+            x = self.const.to(dtype).unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
+            x = self.conv1(x, ws[:, 0], noise_mode, generator, fused)
+        else:
+            x = x.to(dtype)
+            x = self.conv0(x, ws[:, 0], noise_mode, generator, fused)
+            x = self.conv1(x, ws[:, 1], noise_mode, generator, fused)
+        if img is not None:
+            img = upsample2d(img, self.resample_filter)
+        y = self.torgb(x, ws[:, self.num_conv], fused).to(torch.float32)
+        img = y if img is None else img + y
+        return x, img
+
+
+class SG2Synthesis(Synthesis):
+    """StyleGAN2 synthesis: const 4x4 input, modulated/demodulated 3x3 convs with noise, ToRGB skips."""
+
+    family = "stylegan2"
+
+    def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channels: Mapping[Any, int],
+                 num_fp16_res: int = 0, conv_clamp: float | None = None, use_noise: bool = True) -> None:
+        super().__init__()
+        log2 = int(math.log2(img_resolution))
+        if 2 ** log2 != img_resolution or img_resolution < 4:
+            raise ValueError(f"img_resolution must be a power of two >= 4, got {img_resolution}")
+        self.w_dim = int(w_dim)
+        self.img_resolution = int(img_resolution)
+        self.img_channels = int(img_channels)
+        self.channels = {int(k): int(v) for k, v in channels.items()}
+        wanted = [2 ** i for i in range(2, log2 + 1)]
+        if any(self.channels.get(r, 0) < 1 for r in wanted):
+            raise ValueError(f"channels must give a positive count for every resolution {wanted}, got {self.channels}")
+        self.num_fp16_res = int(num_fp16_res)
+        self.conv_clamp = conv_clamp
+        self.use_noise = use_noise
+        self.block_resolutions = [2 ** i for i in range(2, log2 + 1)]
+        fp16_resolution = max(2 ** (log2 + 1 - self.num_fp16_res), 8)
+        self.num_ws = 0
+        for res in self.block_resolutions:
+            in_ch = self.channels[res // 2] if res > 4 else 0
+            block = SynthesisBlock(in_ch, self.channels[res], self.w_dim, res, self.img_channels,
+                                   use_fp16=self.num_fp16_res > 0 and res >= fp16_resolution,
+                                   conv_clamp=conv_clamp, use_noise=use_noise)
+            self.num_ws += block.num_conv
+            setattr(self, f"b{res}", block)
+        self.num_ws += 1  # the last block's ToRGB
+        self.register_buffer("w_avg", torch.zeros(self.w_dim))
+
+    @property
+    def has_fp16(self) -> bool:
+        return self.num_fp16_res > 0
+
+    def config(self) -> dict[str, Any]:
+        return dict(w_dim=self.w_dim, img_resolution=self.img_resolution, img_channels=self.img_channels,
+                    channels={str(k): v for k, v in self.channels.items()}, num_fp16_res=self.num_fp16_res,
+                    conv_clamp=self.conv_clamp, use_noise=self.use_noise)
+
+    def synthesize(self, ws: torch.Tensor, noise_mode: str = "const",
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+        ws = ws.to(torch.float32)
+        x = img = None
+        w_idx = 0
+        fp16 = self.fp16_enabled and ws.device.type == "cuda"
+        for res in self.block_resolutions:
+            block = getattr(self, f"b{res}")
+            cur = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
+            w_idx += block.num_conv
+            x, img = block(x, img, cur, noise_mode, generator, fp16)
+        return img
