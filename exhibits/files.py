@@ -1,6 +1,7 @@
 """Atomic file writes and PNG metadata: nothing half-written ever lands in the archive."""
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -34,6 +35,15 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (checkpoints are gigabytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_bytes(dest: str | os.PathLike, data: bytes) -> Path:

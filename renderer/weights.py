@@ -20,7 +20,6 @@ Nothing here imports torch, so the command line can use it cheaply.
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -34,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from exhibits.files import sha256_file
 from renderer.base import GeneratorUnavailable
 
 log = logging.getLogger(__name__)
@@ -313,14 +313,6 @@ def status(weights_dir: str | os.PathLike, sources: Any = None) -> list[dict[str
 
 
 # --------------------------------------------------------------------------- download
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _part(path: Path) -> Path:

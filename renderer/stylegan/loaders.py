@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from exhibits.files import sha256_file
 from renderer.stylegan.common import Synthesis
 from renderer.stylegan.sg1 import SG1Synthesis
 from renderer.stylegan.sg2 import SG2Synthesis
@@ -51,14 +52,6 @@ class LoadedSynthesis:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def build(family: str, config: Mapping[str, Any]) -> Synthesis:

@@ -43,6 +43,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from exhibits.files import sha256_file
 from renderer.base import GeneratorUnavailable, RenderContext, RenderRequest, RenderResult, register
 from renderer.vqgan_clip import memory
 from renderer.vqgan_clip.clip_guidance import ClipModel, clip_checkpoint_name, clip_weights_path, load_clip
@@ -193,11 +194,7 @@ def file_sha256(path: Path) -> str:
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-        _HASHES[key] = h.hexdigest()
+        _HASHES[key] = sha256_file(path)
     return _HASHES[key]
 
 
