@@ -44,14 +44,16 @@ def sample_image(seed: int, size: int = 256) -> Any:
 
 
 def make_piece(store: Store, prompt: str, *, seed: int = 1, exhibit: str = "demo", size: int = 256,
-               label: str = SAMPLE_LABEL, sigma: float | None = 1.25, worker: str = "sample") -> Piece:
-    """Queue, claim and finish one job through the store, as the worker would."""
+               label: str = SAMPLE_LABEL, sigma: float | None = 1.25, worker: str = "sample",
+               image: Any = None) -> Piece:
+    """Queue, claim and finish one job through the store, as the worker would (``image``: a real piece's picture)."""
     job = store.submit(exhibit, prompts=[(prompt, 1.0)], prompt_text=prompt, seed=seed, source="batch")
     claimed = store.claim(worker, exhibits=[exhibit])
     assert claimed is not None and claimed.id == job.id, "another job was waiting in the sample store"
     meta = {"series": "Weights-free demo", "title": "Attractors", "generator": "default", "label": label,
             "sigma": sigma, "params": {"sigma": sigma}, "config": {}, "models": {}}
-    return store.add_piece(claimed, worker, sample_image(seed, size), meta, thumb_size=size // 2)
+    picture = image if image is not None else sample_image(seed, size)
+    return store.add_piece(claimed, worker, picture, meta, thumb_size=max(128, picture.width // 2))
 
 
 SAMPLE_PROMPTS = ("a doorway to the ocean realm", "strange attractor in brass and ink", "Heaven | Hell:0.5",
@@ -88,8 +90,14 @@ def chromium(**context: Any) -> Iterator[Any]:
             browser.close()
 
 
-def take(out_dir: str | os.PathLike, work: str | os.PathLike | None = None) -> list[Path]:
-    """Write phone-home/piece/submit/status.png and staff.png into ``out_dir``."""
+def take(out_dir: str | os.PathLike, work: str | os.PathLike | None = None,
+         images: list[Path] | None = None) -> list[Path]:
+    """Write phone-home/piece/submit/status.png and staff.png into ``out_dir``.
+
+    ``images``: real pieces' PNGs to show instead of the built-in sample patterns.
+    """
+    from PIL import Image
+
     from kiosk.web import create_app
 
     out = Path(out_dir)
@@ -98,7 +106,9 @@ def take(out_dir: str | os.PathLike, work: str | os.PathLike | None = None) -> l
     root = Path(work or tmp.name)
     try:
         store = Store(root / "store")
-        pieces = [make_piece(store, p, seed=i + 11) for i, p in enumerate(SAMPLE_PROMPTS)]
+        pictures = [Image.open(p).convert("RGB") for p in images or []]
+        pieces = [make_piece(store, p, seed=i + 11, image=pictures[i % len(pictures)] if pictures else None)
+                  for i, p in enumerate(SAMPLE_PROMPTS)]
         running = store.submit("demo", prompts=[("a cathedral of ferns", 1.0)], prompt_text="a cathedral of ferns",
                                source="visitor", seed=5)
         store.claim("sample")
@@ -149,9 +159,10 @@ def _shot(page: Any, path: Path, full: bool = False) -> Path:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kiosk.web.screenshots", description=__doc__.splitlines()[0])
     ap.add_argument("out_dir", help="folder for the PNG screenshots")
+    ap.add_argument("--images", nargs="+", type=Path, help="real pieces' PNGs to show instead of sample patterns")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for p in take(args.out_dir):
+    for p in take(args.out_dir, images=args.images):
         log.info("%s", p)
     return 0
 
