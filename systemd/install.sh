@@ -150,6 +150,27 @@ else
     run install -d -m 0750 "$ROOT$DATA"
 fi
 
+default_config() {
+    cat <<CONF
+# Show configuration for this exhibit machine (python -m kiosk --help; README "Using it").
+# Written once by systemd/install.sh; edit freely, it is never overwritten.
+[show]
+data_dir = "$DATA"
+exhibits = ["demo"]            # after fetch-models: ["strange-attractions", "doorways"]
+# tap_exhibit = "strange-attractions"
+# moderate_prompts = true
+# staff_password = "change me"
+# public_url = "http://192.168.1.20:8080"
+CONF
+}
+
+# A starting show configuration; an existing one (the artist's) is left as it is.
+if [[ -f "$ROOT$CONFIG" ]]; then
+    say "exists $ROOT$CONFIG (left as it is)"
+else
+    install_text "$ROOT$CONFIG" 0644 < <(default_config)
+fi
+
 for unit in "${UNITS[@]}"; do
     install_text "$UNIT_DIR/$unit" 0644 < <(render "$HERE/$unit")
 done

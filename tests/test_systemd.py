@@ -138,7 +138,7 @@ def test_staged_install_is_complete_and_idempotent(layout):
         assert (unit_dir / "graphical.target.wants" / "kiosk.target").is_symlink()
         for unit in SERVICES:
             assert (unit_dir / "kiosk.target.wants" / unit).is_symlink()
-    assert proc.stdout.count("wrote ") == len(UNITS) + 1
+    assert proc.stdout.count("wrote ") == len(UNITS) + 2  # units, display.env, kiosk.toml
 
     mtimes = {p: p.stat().st_mtime_ns for p in unit_dir.glob("*.*")}
     again = _stage(layout, "--video", "wayland")
@@ -191,3 +191,20 @@ def test_refuses_without_root(layout, tmp_path):
 def test_bad_arguments(args, message):
     proc = run_install("--dry-run", *args)
     assert proc.returncode != 0 and message in proc.stderr
+
+
+def test_install_writes_a_loadable_show_config_once(tmp_path):
+    import subprocess
+
+    from exhibits.show import load_show
+
+    root = tmp_path / "stage"
+    cmd = ["bash", str(SYSTEMD / "install.sh"), "--root", str(root), "--prefix", "/opt/kiosk",
+           "--data", "/var/lib/kiosk", "--user", "root", "--no-enable"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    conf = root / "var/lib/kiosk/kiosk.toml"
+    cfg = load_show(conf)
+    assert str(cfg.data_dir) == "/var/lib/kiosk" and cfg.exhibits == ("demo",)
+    conf.write_text('[show]\nexhibits = ["doorways"]\n')
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    assert "left as it is" in out and load_show(conf).exhibits == ("doorways",)
