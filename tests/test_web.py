@@ -392,3 +392,17 @@ def test_create_app_never_imports_torch():
             "app = create_app(ShowConfig(data_dir=d)); app.test_client().get('/');"
             "app.test_client().get('/submit'); assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+
+
+def test_exhibits_the_worker_cannot_run_are_not_offered(store):
+    from kiosk.web import create_app
+
+    cfg = ShowConfig(data_dir=store.root, exhibits=("demo", "doorways"))
+    client = create_app(cfg, store, testing=True).test_client()
+    assert b"Doorways" in client.get("/submit").data
+    store.set_setting("exhibits_available", {"demo": "ok", "doorways": "weights missing: run fetch-models"})
+    page = client.get("/submit").data
+    assert b"Doorways" not in page and b"doorways" not in page
+    r = client.post("/api/submit", json={"prompt": "Fire | Ice", "exhibit": "doorways"})
+    assert r.status_code == 400 and "unknown exhibit 'doorways'" in r.get_json()["error"]
+    assert store.count_queued() == 0

@@ -293,15 +293,22 @@ def _zip_files(files: list[Path], dest: Path) -> Path:
     return dest
 
 
+def offered_exhibits() -> list[str]:
+    """The visitor's choices, less those the worker reported it cannot run (missing weights)."""
+    names = visitor_exhibit_names(state().cfg)
+    available = get_store().get_setting("exhibits_available") or {}
+    return [n for n in names if available.get(n, "ok") == "ok"]
+
+
 def _exhibit_choices() -> list[tuple[str, str]]:
     st = state()
-    return [(n, st.exhibits[n].title) for n in visitor_exhibit_names(st.cfg)]
+    return [(n, st.exhibits[n].title) for n in offered_exhibits()]
 
 
 @bp.get("/submit")
 def submit_form() -> str:
     return render_template("submit.html", choices=_exhibit_choices(), text="", error=None,
-                           selected=visitor_exhibit_names(state().cfg)[0], max_chars=MAX_VISITOR_CHARS)
+                           selected=(offered_exhibits() or [""])[0], max_chars=MAX_VISITOR_CHARS)
 
 
 def _create_job(text: Any, exhibit_name: Any) -> tuple[Job | None, str | None]:
@@ -309,7 +316,9 @@ def _create_job(text: Any, exhibit_name: Any) -> tuple[Job | None, str | None]:
     from exhibits.playlist import spec_for
 
     st = state()
-    allowed = visitor_exhibit_names(st.cfg)
+    allowed = offered_exhibits()
+    if not allowed:
+        return None, "the renderer cannot make any of this show's exhibits right now; ask the staff"
     name = exhibit_name or allowed[0]
     if not isinstance(name, str) or name not in allowed:
         return None, f"unknown exhibit {str(name)[:40]!r}; choose one of {', '.join(allowed)}"

@@ -53,7 +53,7 @@ def make_piece(store: Store, prompt: str, *, seed: int = 1, exhibit: str = "demo
     meta = {"series": "Weights-free demo", "title": "Attractors", "generator": "default", "label": label,
             "sigma": sigma, "params": {"sigma": sigma}, "config": {}, "models": {}}
     picture = image if image is not None else sample_image(seed, size)
-    return store.add_piece(claimed, worker, picture, meta, thumb_size=max(128, picture.width // 2))
+    return store.add_piece(claimed, worker, picture, meta, thumb_size=size // 2 if image is None else 384)
 
 
 SAMPLE_PROMPTS = ("a doorway to the ocean realm", "strange attractor in brass and ink", "Heaven | Hell:0.5",
