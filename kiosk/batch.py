@@ -8,6 +8,7 @@ after a crash or Ctrl-C renders only what is missing.
 from __future__ import annotations
 
 import logging
+import os
 import random
 
 from exhibits.config import load_exhibits
@@ -41,9 +42,39 @@ def plan_batch(store: Store, cfg: ShowConfig, exhibit: str, *, count: int, seed:
     return added
 
 
+def _batch_jobs(store: Store, batch: str) -> list:
+    return [j for j in store.jobs(source="batch", limit=10**9) if j.params.get("batch") == batch]
+
+
 def batch_progress(store: Store, batch: str) -> tuple[int, int]:
-    jobs = [j for j in store.jobs(source="batch", limit=10**9) if j.params.get("batch") == batch]
+    jobs = _batch_jobs(store, batch)
     return sum(j.status == "done" for j in jobs), len(jobs)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover_batch(store: Store, batch: str) -> int:
+    """Before a rerun: jobs left running by a batch run that died go back to the queue at once (no waiting
+    for their lease), and failed ones are tried again. Returns how many jobs were recovered."""
+    recovered = 0
+    prefix = f"batch:{batch}:"
+    for job in _batch_jobs(store, batch):
+        if job.status == "running" and job.worker and job.worker.startswith(prefix):
+            pid = job.worker[len(prefix):]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                store.release(job.id, job.worker, "the batch run that held it is gone")
+                recovered += 1
+        elif job.status == "failed" and store.retry(job.id):
+            recovered += 1
+    return recovered
 
 
 def render_batch(cfg: ShowConfig, exhibit: str, *, count: int, seed: int = 0, batch: str | None = None,
@@ -56,9 +87,10 @@ def render_batch(cfg: ShowConfig, exhibit: str, *, count: int, seed: int = 0, ba
     store = Store(cfg.data_dir)
     cfg = cfg.with_overrides(exhibits=(exhibit,))
     added = plan_batch(store, cfg, exhibit, count=count, seed=seed, batch=batch, sigma=sigma, prompt=prompt)
+    recovered = recover_batch(store, batch)
     done, total = batch_progress(store, batch)
-    log.info("batch %s: %d of %d done, %d newly queued", batch, done, total, added)
-    worker = Worker(cfg, store, top_up=False, batch=batch, worker_id=f"batch:{batch}")
+    log.info("batch %s: %d of %d done, %d newly queued, %d recovered", batch, done, total, added, recovered)
+    worker = Worker(cfg, store, top_up=False, batch=batch, worker_id=f"batch:{batch}:{os.getpid()}")
     worker.install_signal_handlers()
     worker.setup()
     if exhibit not in worker.runnable():

@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 FRAME_MAX_SIDE = 768
 FRAME_INTERVAL = 0.25  # at most four progress frames a second reach the store
+# Job params that are the store's bookkeeping (merch batches), never generator settings.
+JOB_BOOKKEEPING = frozenset({"batch", "batch_index"})
 
 
 def frame_jpeg(image: Any, max_side: int = FRAME_MAX_SIDE, quality: int = 80) -> bytes:
@@ -99,7 +101,10 @@ class Worker:
         names = list(dict.fromkeys([*self.cfg.exhibits, *(x for x in (self.cfg.tap_exhibit, self.cfg.visitor_exhibit) if x)]))
         self.exhibits = load_exhibits(names, self.cfg.exhibit_dirs, known_generators=set(base.names()))
         for name in self.exhibits:
-            self._generator(name)
+            try:
+                self._generator(name)
+            except base.GeneratorUnavailable:
+                pass  # recorded in self._unavailable with the reason; the other exhibits still run
         available = [n for n in self.cfg.exhibits if n in self.exhibits and n not in self._unavailable]
         self._playlist = Playlist({n: self.exhibits[n] for n in available}) if available else None
         self.store.set_setting("exhibits_available", {n: self._unavailable.get(n, "ok") for n in self.exhibits})
@@ -225,7 +230,7 @@ class Worker:
             return not ex.instant and self.store.higher_priority_waiting(job.priority)
 
         ctx.progress, ctx.should_stop = progress, should_stop
-        params = {**ex.settings_dict(), **job.params}
+        params = {**ex.settings_dict(), **{k: v for k, v in job.params.items() if k not in JOB_BOOKKEEPING}}
         req = RenderRequest(job_id=job.id, exhibit=job.exhibit, generator=ex.generator, prompts=job.prompts,
                             seed=job.seed, width=int(params.pop("width", ex.width)),
                             height=int(params.pop("height", ex.height)), params=params,

@@ -188,6 +188,8 @@ class StyleGANGenerator:
             "generator": self.name,
             "checkpoint": self.checkpoint_name,
             "checkpoint_sha256": self.loaded.sha256,
+            "models": {"stylegan": {"name": self.checkpoint_name, "family": self.loaded.family,
+                                    "format": self.loaded.source_format, "sha256": self.loaded.sha256}},
             "family": self.loaded.family,
             "format": self.loaded.source_format,
             "sigma": sigma,
