@@ -92,6 +92,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="bundle", help="exporter name (print, spark_ar, lens_studio, effect_house, "
                                                      "glb, bundle, ...)")
     p.add_argument("--out", type=Path, default=Path("exports"), help="output directory")
+
+    p = add("continue", "continue a finished piece from an edited picture of it (queued as a staff job)")
+    p.add_argument("piece", type=int, help="id of the piece to continue")
+    p.add_argument("--image", type=Path, help="the edited picture (default: the piece itself)")
+    p.add_argument("--steps", type=int, help="optimisation steps for the new run")
+    p.add_argument("--lr", type=float, help="learning rate for the new run")
+    p.add_argument("--cut-pow", type=float, nargs="+", metavar="POW",
+                   help="patch-size schedule from the init image: one value or START END (above 1: small patches)")
+    p.add_argument("--seed", type=int, help="a new seed (default: the piece's)")
+
+    p = add("contact-sheet", "a labelled grid PNG of finished pieces (seed, sigma, piece id, curation)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--batch", help="pieces of this batch, in batch order (see: python -m kiosk render)")
+    which.add_argument("--exhibit", help="pieces of this exhibit, newest first")
+    p.add_argument("--curation", choices=("keep", "reject", "unreviewed"), help="only pieces with this verdict")
+    p.add_argument("--limit", type=int, default=96, help="at most this many pieces (default 96)")
+    p.add_argument("--cols", type=int, default=8, help="pieces per row (default 8)")
+    p.add_argument("--thumb", type=int, default=256, help="cell size in pixels (default 256)")
+    p.add_argument("--title", help="heading printed on the sheet")
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
     return parser
 
 
@@ -269,10 +289,41 @@ def cmd_export(args: argparse.Namespace, cfg: ShowConfig) -> int:
     return 0
 
 
+def cmd_continue(args: argparse.Namespace, cfg: ShowConfig) -> int:
+    from exhibits.store import Store
+    from kiosk.surgery import continue_piece
+
+    cut_pow = None if not args.cut_pow else args.cut_pow[0] if len(args.cut_pow) == 1 else args.cut_pow
+    job = continue_piece(Store(cfg.data_dir), args.piece, args.image, steps=args.steps, cut_pow=cut_pow,
+                         lr=args.lr, seed=args.seed)
+    print(f"job {job.id} queued: piece {args.piece} continues from {job.params['init_image']} "
+          f"({job.exhibit}, seed {job.seed}); watch it with: python -m kiosk status")
+    return 0
+
+
+def cmd_contact_sheet(args: argparse.Namespace, cfg: ShowConfig) -> int:
+    from exhibits.store import Store
+    from kiosk.contact_sheet import contact_sheet, select_pieces
+
+    store = Store(cfg.data_dir)
+    exhibit = args.exhibit.replace("_", "-") if args.exhibit else None
+    pieces = select_pieces(store, batch=args.batch, exhibit=exhibit, curation=args.curation, limit=args.limit)
+    if not pieces:
+        what = f"batch {args.batch}" if args.batch else f"exhibit {exhibit}" if exhibit else "the archive"
+        print(f"no pieces in {what}" + (f" curated {args.curation!r}" if args.curation else ""), file=sys.stderr)
+        return 1
+    title = args.title or " · ".join(filter(None, [args.batch or exhibit or "all pieces", args.curation,
+                                                   f"{len(pieces)} pieces"]))
+    print(contact_sheet(store, pieces, args.out, cols=args.cols, thumb=args.thumb, title=title))
+    return 0
+
+
 COMMANDS = {
     "demo": cmd_demo, "display": cmd_display, "worker": cmd_worker, "web": cmd_web, "render": cmd_render,
     "exhibits": cmd_exhibits, "status": cmd_status, "models": cmd_models, "fetch-models": cmd_fetch_models,
     "export": cmd_export,
+    "contact-sheet": cmd_contact_sheet,
+    "continue": cmd_continue,
 }
 
 

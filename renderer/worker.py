@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 FRAME_MAX_SIDE = 768
 FRAME_INTERVAL = 0.25  # at most four progress frames a second reach the store
 # Job params that are the store's bookkeeping (merch batches), never generator settings.
-JOB_BOOKKEEPING = frozenset({"batch", "batch_index"})
+JOB_BOOKKEEPING = frozenset({"batch", "batch_index", "parent_piece"})
 
 
 def frame_jpeg(image: Any, max_side: int = FRAME_MAX_SIDE, quality: int = 80) -> bytes:
@@ -230,7 +230,10 @@ class Worker:
             return not ex.instant and self.store.higher_priority_waiting(job.priority)
 
         ctx.progress, ctx.should_stop = progress, should_stop
-        params = {**ex.settings_dict(), **{k: v for k, v in job.params.items() if k not in JOB_BOOKKEEPING}}
+        job_params = dict(job.params)
+        if job_params.get("init_image") and not Path(job_params["init_image"]).is_absolute():
+            job_params["init_image"] = str(self.store.path(job_params["init_image"]))  # kept relative to the archive
+        params = {**ex.settings_dict(), **{k: v for k, v in job_params.items() if k not in JOB_BOOKKEEPING}}
         req = RenderRequest(job_id=job.id, exhibit=job.exhibit, generator=ex.generator, prompts=job.prompts,
                             seed=job.seed, width=int(params.pop("width", ex.width)),
                             height=int(params.pop("height", ex.height)), params=params,
@@ -266,7 +269,8 @@ class Worker:
             "series": ex.series, "title": ex.title, "render_seconds": round(seconds, 3),
             "device": self.device_name, "width": result.image.width, "height": result.image.height,
             "params": meta.get("params", params), "config": {"exhibit": ex.name, "source": ex.source,
-                                                              "settings": ex.settings_dict(), "request": params},
+                                                              "settings": ex.settings_dict(),
+                                                              "request": {**params, **job.params}},
         })
         meta.setdefault("label", getattr(self._generators.get(job.exhibit), "label", ""))
         if "sigma" not in meta and "sigma" in params:

@@ -47,7 +47,7 @@ def test_boxes_mirror_and_crops_match_a_per_cutout_loop():
     boxes.x0[b] = 64 - boxes.x0[a] - boxes.size[a]
     boxes.y0 = boxes.y0.clamp(max=32 - boxes.size)
     img = torch.rand(1, 3, 32, 64)
-    assert torch.allclose(cut.crop_resize(img, boxes, 8), cut.per_cutout_reference(img, boxes, 8), atol=1e-5)
+    assert torch.allclose(cut.crop_resize_roi(img, boxes, 8), cut.per_cutout_reference(img, boxes, 8), atol=1e-5)
 
 
 def test_mirrored_pairs_really_mirror_with_augmentations():
@@ -127,3 +127,20 @@ def test_semantic_symmetry_raises_the_pair_cosine():
     before = float(loss(img.detach()))
     _adam(img, loss, steps=15, lr=0.02)
     assert float(loss(img.detach())) < before  # 1 - cos fell: the cosine rose
+
+
+def test_the_cpu_and_cuda_cutout_paths_agree():
+    """crop_resize takes per-crop pooling on the CPU and one roi_align on CUDA; both sample the same areas."""
+    from renderer.vqgan_clip import cutouts as cut
+
+    g = torch.Generator().manual_seed(3)
+    img = torch.rand(1, 3, 64, 128)
+    boxes = cut.sample_boxes(12, 128, 64, 16, 1.0, g, mirror_pairs=3)
+    boxes.size = torch.full_like(boxes.size, 32)  # a multiple of the output size: area averages agree exactly
+    boxes.x0, boxes.y0 = boxes.x0.clamp(max=128 - 32), boxes.y0.clamp(max=64 - 32)
+    a, b = torch.arange(3) * 2, torch.arange(3) * 2 + 1
+    boxes.x0[b] = 128 - boxes.x0[a] - 32
+    assert torch.allclose(cut.crop_resize(img, boxes, 16), cut.crop_resize_roi(img, boxes, 16), atol=1e-5)
+    smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 16), size=(64, 128), mode="bilinear")
+    mixed = cut.sample_boxes(12, 128, 64, 16, 1.0, g)  # any sizes: close on a smooth picture
+    assert (cut.crop_resize(smooth, mixed, 16) - cut.crop_resize_roi(smooth, mixed, 16)).abs().mean() < 0.01

@@ -84,7 +84,19 @@ def sample_boxes(n: int, width: int, height: int, cut_size: int, cut_pow: float,
 
 
 def crop_resize(image: torch.Tensor, boxes: Boxes, out_size: int) -> torch.Tensor:
-    """All cutouts of ``image`` (1, C, H, W) resized to ``out_size`` in one ``roi_align`` call; pairs flipped."""
+    """All cutouts of ``image`` (1, C, H, W) resized to ``out_size``; pairs flipped.
+
+    On CUDA: one ``roi_align`` call.  Elsewhere: a slice and an area pool per cutout, because torchvision's
+    CPU ``roi_align`` backward runs on one thread and took 4-5x longer than the per-crop pooling
+    (forward+backward, 32-64 cutouts of 512x256 to 1536x768 canvases; benchmarks/bench_doorways.py).
+    """
+    if image.device.type != "cuda":
+        return per_cutout_reference(image, boxes, out_size)
+    return crop_resize_roi(image, boxes, out_size)
+
+
+def crop_resize_roi(image: torch.Tensor, boxes: Boxes, out_size: int) -> torch.Tensor:
+    """The CUDA path of :func:`crop_resize`: all cutouts in one ``roi_align`` call (runs on any device)."""
     from torchvision.ops import roi_align
 
     dev = image.device
@@ -204,7 +216,8 @@ def make_cutouts(image: torch.Tensor, boxes: Boxes, out_size: int, aug: AugmentP
 
 
 def per_cutout_reference(image: torch.Tensor, boxes: Boxes, out_size: int) -> torch.Tensor:
-    """A slow per-cutout loop of the classic kind (slice + adaptive pool + resize); used by tests and benchmarks."""
+    """A per-cutout loop of the classic kind (slice + adaptive pool + resize): the CPU path of
+    :func:`crop_resize`, and the reference the CUDA path is tested against."""
     outs = []
     for i in range(len(boxes)):
         x0, y0, s = int(boxes.x0[i]), int(boxes.y0[i]), int(boxes.size[i])
