@@ -2,7 +2,8 @@
 
 Run: .venv/bin/python scripts/stylegan_sigma_sheet.py
 """
-import sys, time
+import sys
+import time
 from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

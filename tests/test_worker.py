@@ -6,7 +6,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from exhibits.show import ShowConfig
 from exhibits.store import Store
