@@ -237,3 +237,21 @@ def test_run_entry_point_counts_frames_and_saves_a_screenshot(store, tmp_path):
     assert shot.exists() and stats.worst_ms >= stats.p99_ms >= 0
     stats = run(show_config(store.root), store, max_seconds=0.3)
     assert stats.frames > 0 and stats.seconds >= 0.3
+
+
+def test_prompts_beyond_the_bundled_font_are_drawn_not_boxed():
+    import pygame
+
+    from kiosk.display import render
+
+    if render.find_font() is None:
+        pytest.skip("no wide-coverage system font (Debian: fonts-dejavu-core) on this machine")
+    pygame.font.init()
+    fonts = render.Fonts()
+    assert fonts.get(24, "Жar") is fonts.get(24, "A")  # Latin, Greek, Cyrillic keep pygame's bundled font
+    assert fonts.get(24, "שער") is not fonts.get(24, "A")
+    glyphs = [pygame.image.tobytes(render.text(fonts, c, 24), "RGBA") for c in "אבג"]
+    assert len(set(glyphs)) == 3, "different Hebrew letters drew the same (missing-glyph) box"
+    # the bundled font alone cannot: all three come out as the same box
+    bundled = [pygame.image.tobytes(pygame.font.Font(None, 24).render(c, True, (255, 255, 255)), "RGBA") for c in "אבג"]
+    assert len(set(bundled)) == 1

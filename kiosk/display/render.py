@@ -20,17 +20,46 @@ ACCENT = (236, 180, 90)
 PANEL = (0, 0, 0, 170)
 
 
+# Wide-coverage fonts for text beyond pygame's bundled font (Noto CJK first: it also covers
+# Chinese, Japanese and Korean).
+FONT_CANDIDATES = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+)
+
+
+def find_font() -> str | None:
+    """``KIOSK_FONT`` if set, else the first wide-coverage system font found, else None (pygame's own)."""
+    import os
+
+    wanted = os.environ.get("KIOSK_FONT")
+    for path in ((wanted,) if wanted else ()) + FONT_CANDIDATES:
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+BUNDLED_END = 0x0530  # pygame's bundled font draws Latin, Greek and Cyrillic; beyond that it draws boxes
+
+
 class Fonts:
-    """pygame's bundled default font at a few sizes (needs no system fonts)."""
+    """pygame's bundled font at a few sizes, and for text it cannot draw (Hebrew, Arabic, Devanagari, ...; CJK with
+    Debian's fonts-noto-cjk installed) a wide-coverage system font, so a visitor's prompt does not turn into boxes."""
 
-    def __init__(self) -> None:
-        self._cache: dict[int, pygame.font.Font] = {}
+    def __init__(self, wide_path: str | None = None) -> None:
+        self.wide_path = wide_path if wide_path is not None else find_font()
+        self._cache: dict[tuple[int, bool], pygame.font.Font] = {}
 
-    def get(self, size: int) -> pygame.font.Font:
+    def get(self, size: int, sample: str = "") -> pygame.font.Font:
+        """The font for ``sample`` at ``size``: the bundled one unless ``sample`` needs more glyphs."""
         size = max(8, int(size))
-        font = self._cache.get(size)
+        wide = bool(self.wide_path) and any(ord(c) >= BUNDLED_END for c in sample)
+        font = self._cache.get((size, wide))
         if font is None:
-            font = self._cache[size] = pygame.font.Font(None, size)
+            # A TTF at the same nominal size draws larger than pygame's bundled font; scale it to match.
+            font = self._cache[(size, wide)] = pygame.font.Font(self.wide_path if wide else None,
+                                                                int(size * 0.74) if wide else size)
         return font
 
 
@@ -63,7 +92,7 @@ def _ellipsize(font: pygame.font.Font, text: str, width: int) -> str:
 
 
 def text(fonts: Fonts, s: str, size: int, color: tuple[int, int, int] = WHITE) -> pygame.Surface:
-    return fonts.get(size).render(s, True, color)
+    return fonts.get(size, s).render(s, True, color)
 
 
 def blit_lines(dest: pygame.Surface, surfaces: Sequence[pygame.Surface], x: int, y: int, gap: int,
@@ -165,10 +194,10 @@ def build_card(fonts: Fonts, qrs: QRCache, screen: tuple[int, int], image: pygam
     series, prompt, numbers, label = caption_lines(piece)
     cap = lay.caption
     big, mid, small = round(H * 0.05), round(H * 0.04), round(H * 0.032)
-    lines = [text(fonts, s, big) for s in wrap(fonts.get(big), series, cap.width, 2)]
-    lines += [text(fonts, s, mid) for s in wrap(fonts.get(mid), prompt, cap.width, 4)] if prompt != series else []
-    lines += [text(fonts, numbers, small, DIM)]
-    lines += [text(fonts, s, small, ACCENT) for s in wrap(fonts.get(small), label, cap.width, 3)]
+    lines = [text(fonts, s, big) for s in wrap(fonts.get(big, series), series, cap.width, 2)]
+    lines += [text(fonts, s, mid) for s in wrap(fonts.get(mid, prompt), prompt, cap.width, 4)] if prompt != series else []
+    lines += [text(fonts, s, small, DIM) for s in wrap(fonts.get(small, numbers), numbers, cap.width, 2)]
+    lines += [text(fonts, s, small, ACCENT) for s in wrap(fonts.get(small, label), label, cap.width, 3)]
     gap = max(2, H // 150)
     height = sum(s.get_height() + gap for s in lines)
     y = cap.bottom - height

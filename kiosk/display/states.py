@@ -204,7 +204,7 @@ class Making(State):
         title = render.text(f, head, round(H * 0.04), ACCENT)
         screen.blit(title, (m, y))
         if prompt:
-            ps = render.wrap(f.get(round(H * 0.035)), prompt, W - 2 * m - title.get_width() - m, 1)
+            ps = render.wrap(f.get(round(H * 0.035), prompt), prompt, W - 2 * m - title.get_width() - m, 1)
             if ps:
                 screen.blit(render.text(f, ps[0], round(H * 0.035)), (2 * m + title.get_width(), y + 2))
         bar = pygame.Rect(m, H - m - max(6, H // 60), W - 2 * m - round(W * 0.12), max(6, H // 60))
