@@ -406,3 +406,25 @@ def test_exhibits_the_worker_cannot_run_are_not_offered(store):
     r = client.post("/api/submit", json={"prompt": "Fire | Ice", "exhibit": "doorways"})
     assert r.status_code == 400 and "unknown exhibit 'doorways'" in r.get_json()["error"]
     assert store.count_queued() == 0
+
+
+def test_the_phone_sees_its_piece_being_made(store):
+    import io as _io
+
+    from PIL import Image as _Image
+
+    cfg = ShowConfig(data_dir=store.root, exhibits=("demo",))
+    client = create_app(cfg, store, testing=True).test_client()
+    job = store.submit("demo", prompt_text="fire", source="visitor")
+    assert client.get(f"/job/{job.token}/frame.jpg").status_code == 404  # queued: nothing to show yet
+    assert client.get(f"/api/job/{job.token}").get_json()["frame_url"] is None
+    store.claim("w")
+    buf = _io.BytesIO()
+    _Image.new("RGB", (64, 32), (200, 30, 30)).save(buf, format="JPEG")
+    store.publish_frame(job.id, "w", buf.getvalue(), step=3, total=10)
+    data = client.get(f"/api/job/{job.token}").get_json()
+    assert data["frame_url"].endswith("step=3")
+    r = client.get(data["frame_url"])
+    assert r.status_code == 200 and r.data == buf.getvalue() and r.headers["Cache-Control"] == "no-store"
+    assert b'id="live"' in client.get(f"/job/{job.token}").data
+    assert client.get("/job/not-a-token/frame.jpg").status_code == 404

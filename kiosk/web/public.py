@@ -113,6 +113,9 @@ def job_payload(job: Job) -> dict[str, Any]:
     data["thumb_url"] = url_for("public.thumb", piece_id=job.piece_id) if job.piece_id else None
     data["percent"] = int(100 * job.step / job.total) if job.total else (100 if job.status == "done" else 0)
     data["message"] = status_message(job, data["position"])
+    live = job.status == "running" and job.frame_path
+    # the step in the query string makes each new frame a new URL for the phone's <img>
+    data["frame_url"] = url_for("public.job_frame", token=job.token, step=job.step) if live else None
     return data
 
 
@@ -386,6 +389,17 @@ def job(token: str) -> str:
     j = _job_or_404(token)
     return render_template("job.html", job=j, info=job_payload(j),
                            poll_ms=current_app.config["KIOSK_POLL_MS"])
+
+
+@bp.get("/job/<token>/frame.jpg")
+def job_frame(token: str) -> Response:
+    """The newest progress frame of this visitor's job: the piece being made, live on the phone."""
+    j = _job_or_404(token)
+    if j.status != "running" or not j.frame_path:
+        abort(404, description="this piece is not being made right now")
+    resp = _send(j.frame_path, mimetype="image/jpeg", max_age=0)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 @bp.get("/api/job/<token>")

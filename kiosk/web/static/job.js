@@ -16,6 +16,9 @@
     $("progress-box").hidden = data.status !== "running";
     $("progress").value = data.percent;
     $("steps").textContent = data.total ? "step " + data.step + " of " + data.total : "";
+    var live = $("live");
+    if (data.frame_url && live.getAttribute("src") !== data.frame_url) live.src = data.frame_url;
+    live.hidden = !data.frame_url;
     if (data.piece_url) {
       $("piece-link").href = data.piece_url;
       $("done-box").hidden = false;
