@@ -17,6 +17,7 @@ workers never take the same job.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
@@ -488,20 +489,31 @@ class Store:
         sha = hashlib.sha256(data).hexdigest()
         image_rel = f"pieces/{stem}.png"
         thumb_rel = f"pieces/{stem}.thumb.jpg"
-        atomic_write_bytes(self.root / image_rel, data)
-        thumb = image.copy()
-        thumb.thumbnail((thumb_size, thumb_size))
-        import io
+        self._owned(self.conn, job.id, worker)  # early refusal; the final check is in the transaction below
+        written: list[Path] = []
+        try:
+            written.append(atomic_write_bytes(self.root / image_rel, data))
+            thumb = image.copy()
+            thumb.thumbnail((thumb_size, thumb_size))
+            buf = io.BytesIO()
+            thumb.convert("RGB").save(buf, format="JPEG", quality=88)
+            written.append(atomic_write_bytes(self.root / thumb_rel, buf.getvalue()))
+            extra = {}
+            for key, p in (extra_files or {}).items():
+                p = Path(p)
+                dest_rel = f"pieces/{stem}.{key}{p.suffix}"
+                written.append(atomic_write_bytes(self.root / dest_rel, p.read_bytes()))
+                extra[key] = dest_rel
+            row = self._record_piece(job, worker, image, meta, image_rel, thumb_rel, extra, sha, now)
+        except BaseException:
+            for f in written:  # no file without its row: the job was taken away or the write failed
+                f.unlink(missing_ok=True)
+            raise
+        log.info("piece %d written: %s", row["id"], image_rel)
+        return Piece.from_row(row)
 
-        buf = io.BytesIO()
-        thumb.convert("RGB").save(buf, format="JPEG", quality=88)
-        atomic_write_bytes(self.root / thumb_rel, buf.getvalue())
-        extra = {}
-        for key, p in (extra_files or {}).items():
-            p = Path(p)
-            dest_rel = f"pieces/{stem}.{key}{p.suffix}"
-            atomic_write_bytes(self.root / dest_rel, p.read_bytes())
-            extra[key] = dest_rel
+    def _record_piece(self, job: Job, worker: str, image: Any, meta: Mapping[str, Any], image_rel: str,
+                      thumb_rel: str, extra: dict, sha: str, now: float) -> sqlite3.Row:
         with self._tx() as c:
             self._owned(c, job.id, worker)
             cur = c.execute(
@@ -519,9 +531,7 @@ class Store:
             piece_id = cur.lastrowid
             c.execute("UPDATE jobs SET status='done', piece_id=?, finished_at=?, worker=NULL, lease_until=NULL,"
                       " step=total WHERE id=?", (piece_id, now, job.id))
-            row = c.execute("SELECT * FROM pieces WHERE id=?", (piece_id,)).fetchone()
-        log.info("piece %d written: %s", piece_id, image_rel)
-        return Piece.from_row(row)
+            return c.execute("SELECT * FROM pieces WHERE id=?", (piece_id,)).fetchone()
 
     def get_piece(self, piece_id: int, *, include_hidden: bool = False) -> Piece | None:
         row = self.conn.execute("SELECT * FROM pieces WHERE id=?", (piece_id,)).fetchone()

@@ -73,6 +73,7 @@ def test_only_the_lease_holder_may_finish(store):
         store.add_piece(claimed, "w2", Image.new("RGB", (8, 8)), {"generator": "default"})
     assert store.count_pieces() == 0
     assert not list(store.pieces_dir.rglob("*.png.*")), "a temporary file was left behind"
+    assert not [p for p in store.pieces_dir.rglob("*") if p.is_file()], "a piece file was left without its row"
     assert store.heartbeat(job.id, "w1") and not store.heartbeat(job.id, "w2")
 
 
@@ -133,3 +134,20 @@ def test_archive_files_are_readable_by_the_web_user(store):
     job = store.claim("w")
     piece = store.add_piece(job, "w", Image.new("RGB", (8, 8)), {"generator": "default"})
     assert store.path(piece.image_path).stat().st_mode & 0o777 == 0o644
+
+
+def test_a_job_cancelled_while_its_piece_is_written_leaves_no_files(store, monkeypatch):
+    job = store.submit("demo", source="visitor")
+    claimed = store.claim("w")
+    real = store._record_piece
+
+    def cancelled_meanwhile(*args, **kw):
+        store.cancel(job.id)  # staff cancel between the file writes and the row
+        return real(*args, **kw)
+
+    monkeypatch.setattr(store, "_record_piece", cancelled_meanwhile)
+    with pytest.raises(StoreError, match="no longer held"):
+        store.add_piece(claimed, "w", Image.new("RGB", (8, 8)), {"generator": "default"},
+                        extra_files={})
+    assert store.count_pieces() == 0 and store.get_job(job.id).status == "cancelled"
+    assert not [p for p in store.pieces_dir.rglob("*") if p.is_file()]
