@@ -255,3 +255,19 @@ def test_prompts_beyond_the_bundled_font_are_drawn_not_boxed():
     # the bundled font alone cannot: all three come out as the same box
     bundled = [pygame.image.tobytes(pygame.font.Font(None, 24).render(c, True, (255, 255, 255)), "RGBA") for c in "אבג"]
     assert len(set(bundled)) == 1
+
+
+def test_the_display_never_imports_torch(tmp_path):
+    """The display runs beside the worker on a small machine: it must not load torch (seconds and a GiB)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; from pathlib import Path; from exhibits.show import ShowConfig; from kiosk.display import run; "
+            f"run(ShowConfig(data_dir=Path({str(tmp_path)!r}), fullscreen=False, width=160, height=90), max_frames=30); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
+                       cwd=str(Path(__file__).resolve().parents[1]))
+    assert r.returncode == 0, r.stderr[-2000:]
