@@ -157,15 +157,21 @@ def persistent_tree(module: torch.nn.Module, src: str, init_kwargs: dict | None 
     for attr in ("in_channels", "out_channels", "resolution", "up", "use_fp16", "conv_clamp", "layer_names"):
         if hasattr(module, attr):
             state[attr] = getattr(module, attr)
-    if hasattr(module, "in_size"):  # StyleGAN3 keeps these as numpy values
-        state["in_size"] = np.broadcast_to(np.asarray(module.in_size), [2])
-        state["out_size"] = np.broadcast_to(np.asarray(module.out_size), [2])
+    # StyleGAN3 keeps these as numpy pairs; the training loop deep-copies modules before
+    # pickling, which turns the broadcast views into contiguous arrays.
+    if hasattr(module, "in_size"):
+        state["in_size"] = np.broadcast_to(np.asarray(module.in_size), [2]).copy()
+        state["out_size"] = np.broadcast_to(np.asarray(module.out_size), [2]).copy()
         state["in_sampling_rate"] = np.float64(module.in_size)
+    if hasattr(module, "sampling_rate") and hasattr(module, "size"):
+        state["size"] = np.broadcast_to(np.asarray(module.size), [2]).copy()
+        state["sampling_rate"] = np.float64(module.sampling_rate)
     name = _NV_NAMES.get(type(module).__name__, type(module).__name__)
     return Persistent(name, state, src)
 
 
-def write_nvlabs_pkl(net: SG2Synthesis | SG3Synthesis, path: Path, marker: Path | None = None) -> Path:
+def write_nvlabs_pkl(net: SG2Synthesis | SG3Synthesis, path: Path, marker: Path | None = None,
+                     protocol: int = 3) -> Path:
     src = EVIL_SRC.format(marker=str(marker or path.with_suffix(".executed")))
     if isinstance(net, SG3Synthesis):
         syn_kwargs = dict(net.config(), magnitude_ema_beta=0.999)
@@ -188,7 +194,7 @@ def write_nvlabs_pkl(net: SG2Synthesis | SG3Synthesis, path: Path, marker: Path 
     data = dict(G=gen, D=disc, G_ema=gen, augment_pipe=None,
                 training_set_kwargs=dict(class_name="training.dataset.ImageFolderDataset", resolution=net.img_resolution))
     with official_globals(), open(path, "wb") as f:
-        _NVPickler(f, protocol=3).dump(data)
+        _NVPickler(f, protocol=protocol).dump(data)
     return path
 
 

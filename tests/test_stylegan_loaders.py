@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from renderer.stylegan.loaders import load_synthesis
-from renderer.stylegan.unpickle import CheckpointError, load_legacy_storage
+from renderer.stylegan.unpickle import CheckpointError, load_legacy_storage, load_nvlabs_pickle
 from tests.stylegan_helpers import (
     tiny_sg1, tiny_sg2, tiny_sg3, write_nvlabs_pkl, write_rosinality_pt, write_tf_pkl, ws_for,
 )
@@ -202,3 +202,36 @@ def test_numpy_object_arrays_are_refused(tmp_path: Path) -> None:
     path.write_bytes(pickle.dumps({"G_ema": np.array([object()], dtype=object)}, protocol=2))
     with pytest.raises(CheckpointError):
         load_synthesis(path)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_nvlabs_pickle_loads_under_every_binary_protocol(protocol: int, tmp_path: Path) -> None:
+    # Python 3.14 pickles with protocol 5 by default: numpy arrays then arrive through
+    # numpy._core.numeric._frombuffer over in-band bytes.
+    net = tiny_sg3()
+    path = write_nvlabs_pkl(net, tmp_path / f"p{protocol}.pkl", protocol=protocol)
+    text = io.StringIO()
+    pickletools.dis(path.read_bytes(), out=text)
+    assert ("_frombuffer" in text.getvalue()) == (protocol == 5)
+    loaded = load_synthesis(path)
+    ws = ws_for(net)
+    assert torch.equal(loaded.net(ws), net(ws))
+
+
+def test_protocol5_numpy_arrays_round_trip_and_bad_ones_are_refused() -> None:
+    arrays = {"c": np.arange(6, dtype=np.float32).reshape(2, 3), "f": np.asfortranarray(np.ones((3, 2), np.int64)),
+              "t": np.arange(24, dtype=np.float64).reshape(2, 3, 4).transpose(2, 0, 1)}
+    back = load_nvlabs_pickle(io.BytesIO(pickle.dumps(arrays, protocol=5)), "arrays.pkl")
+    for key, value in arrays.items():
+        assert back[key].dtype == value.dtype and np.array_equal(back[key], value)
+    with pytest.raises(CheckpointError):
+        load_nvlabs_pickle(io.BytesIO(pickle.dumps(np.array([object()], dtype=object), protocol=5)), "bad.pkl")
+    frombuffer = np.zeros(1).__reduce_ex__(5)[0]  # numpy's own protocol-5 reconstructor
+
+    class Short:
+        def __reduce__(self) -> tuple:
+            return frombuffer, (b"\0" * 12, np.dtype(np.float32), (2, 2), "C")  # 12 bytes for 16 needed
+
+    buf = io.BytesIO(pickle.dumps({"a": Short()}, protocol=5))
+    with pytest.raises(CheckpointError, match="does not match its 12 bytes"):
+        load_nvlabs_pickle(buf, "short.pkl")

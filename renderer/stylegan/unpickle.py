@@ -144,6 +144,23 @@ def _np_dtype(spec: Any, align: bool = False, copy: bool = False) -> np.dtype:
     return dtype
 
 
+def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C", axis_order: Any = None) -> np.ndarray:
+    # numpy's reducer for pickle protocol 5 (Python 3.14's default): raw bytes + dtype + shape.
+    if not isinstance(buf, (bytes, bytearray)):
+        raise CheckpointError(f"numpy buffer must be in-band bytes, got {type(buf).__name__}")
+    dtype = _np_dtype(dtype)
+    if not (isinstance(shape, tuple) and all(isinstance(d, int) and d >= 0 for d in shape)) or order not in "CFK":
+        raise CheckpointError(f"numpy array with malformed shape {shape!r} or order {order!r}")
+    if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != len(buf):
+        raise CheckpointError(f"numpy array of shape {shape} {dtype} does not match its {len(buf)} bytes")
+    array = np.frombuffer(bytes(buf), dtype=dtype)
+    if order == "K" and axis_order is not None:
+        if sorted(axis_order) != list(range(len(shape))):
+            raise CheckpointError(f"numpy array with malformed axis order {axis_order!r}")
+        return array.reshape(shape, order="C").transpose(axis_order).copy(order="K")
+    return array.reshape(shape, order="C" if order == "K" else order).copy(order="K")
+
+
 def _reconstructor(cls: Any, base: Any, state: Any) -> Any:
     # copyreg._reconstructor (pickle protocols 0 and 1): only for our own placeholders.
     if cls not in (TFNetwork, EasyDict) or base not in (object, dict):
@@ -156,6 +173,8 @@ _NUMPY = {
     ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
     ("numpy.core.multiarray", "scalar"): _np_scalar,
     ("numpy._core.multiarray", "scalar"): _np_scalar,
+    ("numpy.core.numeric", "_frombuffer"): _np_frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _np_frombuffer,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): _np_dtype,
 }
