@@ -253,15 +253,29 @@ _TENSOR_GLOBALS = {
     ("torch._utils", "_rebuild_parameter"),
     ("torch._utils", "_rebuild_parameter_with_state"),
     ("collections", "OrderedDict"),
+    ("collections", "defaultdict"),
     ("torch", "Size"),
+    ("torch", "device"),
 }
-# Bookkeeping classes Lightning writes beside the weights (callback-state keys, hyper-parameters).
-# They are replaced by inert placeholders of our own; their modules are never imported.
+# Plain value types a pickle may name (protocol 2 spells them ``__builtin__.*``; ``long`` is ``int``).
+# omegaconf's node metadata refers to them (``object_type=dict``, ``key_type=int``).
+_BUILTIN_TYPES = {"dict", "list", "tuple", "set", "frozenset", "int", "long", "float", "complex", "str", "unicode",
+                  "bool", "bytes", "bytearray"}
+# Bookkeeping Lightning writes beside the weights: callback-state keys (Lightning 1.0-1.4 keyed them by the
+# callback class), ``hyper_parameters`` (an ``AttributeDict`` or omegaconf ``DictConfig`` whose metadata names
+# ``typing.Any``), numpy scalars in callback states.  They become inert placeholders of our own; their
+# modules are never imported.
 _INERT_PREFIXES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.", "numpy.")
+_INERT_MODULES = ("pytorch_lightning", "lightning", "lightning_fabric", "omegaconf", "numpy", "typing")
 
 
 class _Inert:
-    """Stands in for a Lightning/omegaconf/numpy object inside a checkpoint; holds nothing, runs nothing."""
+    """Stands in for a Lightning/omegaconf/numpy object inside a checkpoint; holds nothing, runs nothing.
+
+    It accepts whatever the pickle does to it (constructor arguments, ``BUILD`` state, dict items from
+    ``SETITEMS``, list items from ``APPENDS``, as dict/list subclasses such as Lightning's ``AttributeDict``
+    are written) and throws all of it away.
+    """
 
     qualname = "?"
 
@@ -274,6 +288,15 @@ class _Inert:
     def __setstate__(self, state: Any) -> None:
         pass
 
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
     def __reduce__(self) -> Any:
         raise TypeError("placeholder objects from a checkpoint cannot be pickled again")
 
@@ -281,16 +304,32 @@ class _Inert:
         return f"<inert {self.qualname}>"
 
 
+def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it to spell ``bytes`` (e.g. inside numpy scalars)."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"unexpected _codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
 def _safe_pickle_module(source: str) -> types.ModuleType:
-    """A ``pickle_module`` for ``torch.load`` whose unpickler resolves only allow-listed globals."""
+    """A ``pickle_module`` for ``torch.load`` whose unpickler resolves only allow-listed globals.
+
+    ``torch.load`` itself resolves the ``torch.*Storage`` names before this unpickler is asked.
+    """
 
     class RestrictedUnpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
             if (module, name) in _TENSOR_GLOBALS:
                 return super().find_class(module, name)
+            if module in ("__builtin__", "builtins") and name in _BUILTIN_TYPES:
+                return super().find_class(module, name)  # maps __builtin__.long -> int
+            if module == "_codecs" and name == "encode":
+                return _latin1_bytes
             if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
                 return getattr(torch, name)
-            if module.startswith(_INERT_PREFIXES) or module in ("pytorch_lightning", "numpy", "omegaconf"):
+            if (module, name) == ("torch.torch_version", "TorchVersion"):
+                return str  # a str subclass holding torch.__version__
+            if module.startswith(_INERT_PREFIXES) or module in _INERT_MODULES:
                 return type(name, (_Inert,), {"qualname": f"{module}.{name}"})
             raise UnsafeCheckpointError(
                 f"{source}: refusing to load global {module}.{name} from the checkpoint "
