@@ -439,9 +439,13 @@ class Store:
             return self.conn.execute("SELECT COUNT(*) FROM jobs WHERE status='queued'").fetchone()[0]
         return self.conn.execute("SELECT COUNT(*) FROM jobs WHERE status='queued' AND source=?", (source,)).fetchone()[0]
 
-    def higher_priority_waiting(self, priority: int) -> bool:
-        return self.conn.execute("SELECT 1 FROM jobs WHERE status='queued' AND priority > ? LIMIT 1",
-                                 (priority,)).fetchone() is not None
+    def higher_priority_waiting(self, priority: int, exhibits: Sequence[str] | None = None) -> bool:
+        """A more urgent job is queued (only among ``exhibits``, the ones the asking worker can make)."""
+        sql, args = "SELECT 1 FROM jobs WHERE status='queued' AND priority > ?", [priority]
+        if exhibits is not None:
+            sql += f" AND exhibit IN ({','.join('?' * len(exhibits))})"
+            args += list(exhibits)
+        return self.conn.execute(sql + " LIMIT 1", args).fetchone() is not None
 
     def running(self) -> list[Job]:
         return [Job.from_row(r) for r in self.conn.execute("SELECT * FROM jobs WHERE status='running' ORDER BY id")]

@@ -227,7 +227,8 @@ class Worker:
             if self._stop.is_set() or cancelled.is_set():
                 return True
             # Pre-empt a long piece when a tap or a visitor is waiting; its checkpoint lets it resume later.
-            return not ex.instant and self.store.higher_priority_waiting(job.priority)
+            # Only jobs this worker can make count: one it cannot would pre-empt the piece forever.
+            return not ex.instant and self.store.higher_priority_waiting(job.priority, self.runnable())
 
         ctx.progress, ctx.should_stop = progress, should_stop
         job_params = dict(job.params)

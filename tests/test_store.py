@@ -151,3 +151,13 @@ def test_a_job_cancelled_while_its_piece_is_written_leaves_no_files(store, monke
                         extra_files={})
     assert store.count_pieces() == 0 and store.get_job(job.id).status == "cancelled"
     assert not [p for p in store.pieces_dir.rglob("*") if p.is_file()]
+
+
+def test_only_runnable_urgent_jobs_count_for_preemption(store):
+    store.submit("doorways", source="playlist")
+    running = store.claim("w")
+    store.submit("strange-attractions", source="tap")  # an exhibit this worker has no weights for
+    assert store.higher_priority_waiting(running.priority)
+    assert not store.higher_priority_waiting(running.priority, ["doorways", "demo"])
+    store.submit("demo", source="visitor")
+    assert store.higher_priority_waiting(running.priority, ["doorways", "demo"])
