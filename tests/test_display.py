@@ -271,3 +271,16 @@ def test_the_display_never_imports_torch(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
                        cwd=str(Path(__file__).resolve().parents[1]))
     assert r.returncode == 0, r.stderr[-2000:]
+
+
+def test_a_tap_goes_to_an_exhibit_the_worker_can_make(store, opened, tmp_path):
+    add_piece(store, solid(RED))
+    clk = FakeClock()
+    d = opened(store, clk, exhibits=("strange-attractions", "demo"))
+    assert pump(d, lambda: d.card is not None, clock=clk)
+    # the worker found no StyleGAN weights; an old tap for that exhibit is still queued
+    store.set_setting("exhibits_available", {"strange-attractions": "weights missing", "demo": "ok"})
+    stale = store.submit("strange-attractions", source="tap")
+    pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_SPACE, mod=0, unicode=" ", scancode=44))
+    assert pump(d, lambda: d.tap_job is not None, clock=clk)
+    assert d.tap_job != stale.id and store.get_job(d.tap_job).exhibit == "demo"

@@ -134,7 +134,7 @@ class Loader(threading.Thread):
         self._follow: _Follow | None = None
         self._frame_at: tuple[int, float | None] | None = None
         self._ever_alive = False
-        self._tap_exhibit: Any = None
+        self._tap_exhibits: dict[str, Any] | None = None
         self.errors = 0
         self.base_url = ""
 
@@ -264,24 +264,35 @@ class Loader(threading.Thread):
             self._load_piece(after_id, "cycle")  # the only piece there is
 
     # -- taps -----------------------------------------------------------------
+    def _runnable(self) -> dict[str, str]:
+        """What the worker reported it can make ({} before any worker has started: assume everything)."""
+        assert self._store is not None
+        return self._store.get_setting("exhibits_available") or {}
+
     def _exhibit_for_tap(self) -> Any:
-        if self._tap_exhibit is None:
+        """cfg.tap_exhibit, else the first instant exhibit, among those the worker can make right now."""
+        if self._tap_exhibits is None:
             from exhibits.config import load_exhibits
 
-            if self.cfg.tap_exhibit:
-                self._tap_exhibit = next(iter(load_exhibits([self.cfg.tap_exhibit], self.cfg.exhibit_dirs).values()))
-            else:
-                exhibits = list(load_exhibits(self.cfg.exhibits, self.cfg.exhibit_dirs).values())
-                self._tap_exhibit = next((e for e in exhibits if e.instant), exhibits[0])
-        return self._tap_exhibit
+            names = ([self.cfg.tap_exhibit] if self.cfg.tap_exhibit else []) + list(self.cfg.exhibits)
+            self._tap_exhibits = load_exhibits(list(dict.fromkeys(names)), self.cfg.exhibit_dirs)
+        available = self._runnable()
+        exhibits = [e for e in self._tap_exhibits.values() if available.get(e.name, "ok") == "ok"] \
+            or list(self._tap_exhibits.values())
+        preferred = [e for e in exhibits if e.name == self.cfg.tap_exhibit]
+        return (preferred or [e for e in exhibits if e.instant] or exhibits)[0]
 
     def _tap(self) -> None:
         from exhibits.playlist import spec_for
 
         store = self._store
         assert store is not None
-        waiting = store.jobs(("queued", "running"), limit=1, source="tap")
-        if waiting:  # one pending tap at a time, also across restarts of the display
+        available = self._runnable()
+        # one pending tap at a time, also across restarts of the display; a tap the worker cannot make
+        # (its exhibit lost its weights) does not block the next one
+        waiting = [j for j in store.jobs(("queued", "running"), limit=20, source="tap")
+                   if available.get(j.exhibit, "ok") == "ok"]
+        if waiting:
             job = waiting[0]
         else:
             exhibit = self._exhibit_for_tap()
