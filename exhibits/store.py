@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import sqlite3
 import threading
 import time
@@ -593,6 +594,7 @@ class Store:
             for rel in [row["image_path"], row["thumb_path"], *json.loads(row["extra"]).values()]:
                 if rel:
                     self.path(rel).unlink(missing_ok=True)
+            shutil.rmtree(self.root / "exports" / str(row["id"]), ignore_errors=True)  # the web app's cached prints
             with self._tx() as c:
                 c.execute("UPDATE jobs SET piece_id=NULL WHERE piece_id=?", (row["id"],))
                 c.execute("DELETE FROM pieces WHERE id=?", (row["id"],))

@@ -123,7 +123,11 @@ def test_pruning_keeps_visitors_and_curated_pieces(store):
         job = store.claim("w")
         made[i] = store.add_piece(job, "w", Image.new("RGB", (8, 8)), {"generator": "default"})
     store.set_curation(made[0].id, "keep")
-    assert store.prune_playlist_pieces(keep=1) == 2  # pieces 2 and 3; 4 is the newest playlist piece
+    cached = store.root / "exports" / str(made[2].id) / "print"
+    cached.mkdir(parents=True)
+    (cached / "piece.pdf").write_bytes(b"%PDF")
+    assert store.prune_playlist_pieces(keep=1) == 2
+    assert not cached.exists()  # pieces 2 and 3; 4 is the newest playlist piece
     left = {p.seed for p in store.recent_pieces(10)}
     assert left == {0, 1, 4}
     assert not store.path(made[2].image_path).exists() and store.path(made[1].image_path).exists()
