@@ -402,8 +402,16 @@ class Store:
                 c.execute("UPDATE jobs SET status='failed', worker=NULL, lease_until=NULL, error=?, finished_at=?"
                           " WHERE id=?", (error, now, job_id))
             job = Job.from_row(c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
+        if job.status == "failed":
+            self._drop_frame(job_id)
         log.warning("job %d %s: %s", job_id, job.status, error)
         return job
+
+    def _drop_frame(self, job_id: int) -> None:
+        """A finished job's live frame is no longer needed (a week of them would fill the disk)."""
+        with self._tx() as c:
+            c.execute("UPDATE jobs SET frame_path=NULL WHERE id=?", (job_id,))
+        (self.progress_dir / f"job-{job_id}.jpg").unlink(missing_ok=True)
 
     def get_job(self, job_id: int) -> Job | None:
         row = self.conn.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
@@ -465,9 +473,12 @@ class Store:
 
     def cancel(self, job_id: int, reason: str = "cancelled by staff") -> bool:
         with self._tx() as c:
-            return c.execute(
+            done = c.execute(
                 "UPDATE jobs SET status='cancelled', error=?, finished_at=?, worker=NULL, lease_until=NULL"
                 " WHERE id=? AND status IN ('held','queued','running')", (reason, time.time(), job_id)).rowcount == 1
+        if done:
+            self._drop_frame(job_id)
+        return done
 
     def retry(self, job_id: int) -> bool:
         with self._tx() as c:
@@ -514,6 +525,7 @@ class Store:
             for f in written:  # no file without its row: the job was taken away or the write failed
                 f.unlink(missing_ok=True)
             raise
+        self._drop_frame(job.id)
         log.info("piece %d written: %s", row["id"], image_rel)
         return Piece.from_row(row)
 

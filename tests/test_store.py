@@ -165,3 +165,17 @@ def test_only_runnable_urgent_jobs_count_for_preemption(store):
     assert not store.higher_priority_waiting(running.priority, ["doorways", "demo"])
     store.submit("demo", source="visitor")
     assert store.higher_priority_waiting(running.priority, ["doorways", "demo"])
+
+
+def test_live_frames_are_removed_when_their_job_ends(store):
+    jobs = [store.submit("demo") for _ in range(3)]
+    for job in jobs:
+        store.claim("w")
+        store.publish_frame(job.id, "w", b"jpeg", step=1, total=2)
+    frames = [store.progress_dir / f"job-{j.id}.jpg" for j in jobs]
+    assert all(f.exists() for f in frames)
+    store.add_piece(store.get_job(jobs[0].id), "w", Image.new("RGB", (8, 8)), {"generator": "default"})
+    store.fail(jobs[1].id, "w", "broken", retry=False)
+    store.cancel(jobs[2].id)
+    assert not any(f.exists() for f in frames)
+    assert all(store.get_job(j.id).frame_path is None for j in jobs)
