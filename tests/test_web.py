@@ -428,3 +428,17 @@ def test_the_phone_sees_its_piece_being_made(store):
     assert r.status_code == 200 and r.data == buf.getvalue() and r.headers["Cache-Control"] == "no-store"
     assert b'id="live"' in client.get(f"/job/{job.token}").data
     assert client.get("/job/not-a-token/frame.jpg").status_code == 404
+
+
+def test_home_shows_the_live_frame_of_what_is_being_made(store):
+    cfg = ShowConfig(data_dir=store.root, exhibits=("demo",))
+    client = create_app(cfg, store, testing=True).test_client()
+    job = store.submit("demo", prompt_text="a cathedral of ferns", source="playlist")
+    store.claim("w")
+    assert b'class="live"' not in client.get("/").data  # running, but no frame yet
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 16), (10, 200, 10)).save(buf, format="JPEG")
+    store.publish_frame(job.id, "w", buf.getvalue(), step=2, total=9)
+    page = client.get("/").data.decode()
+    assert 'class="live"' in page and "/now.jpg?step=2" in page
+    assert client.get("/now.jpg?step=2").data == buf.getvalue()

@@ -7,6 +7,7 @@ phone viewport. Also provides the live-server and browser helpers the browser te
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import math
 import os
@@ -112,7 +113,10 @@ def take(out_dir: str | os.PathLike, work: str | os.PathLike | None = None,
         running = store.submit("demo", prompts=[("a cathedral of ferns", 1.0)], prompt_text="a cathedral of ferns",
                                source="visitor", seed=5)
         store.claim("sample")
-        store.heartbeat(running.id, "sample", step=37, total=120)
+        live = (pictures[0] if pictures else sample_image(5)).convert("RGB")
+        buf = io.BytesIO()
+        live.resize((512, 256)).save(buf, format="JPEG")
+        store.publish_frame(running.id, "sample", buf.getvalue(), step=37, total=120)
         store.worker_beat("sample", state="rendering", message="job %d" % running.id, device="cpu")
         cfg = ShowConfig(data_dir=root / "store", exhibits=("demo", "doorways"), prompt_rate_limit="100 per minute")
         app = create_app(cfg, store)
