@@ -191,12 +191,15 @@ def test_crossfade_blends_the_two_pieces(store, opened):
     assert near(center_color(d), RED)
     blue = add_piece(store, solid(BLUE))
     assert pump(d, lambda: d.card_piece_id == blue.id, clock=clk, step=0.0)
-    clk.advance(0.5)
+    clk.advance(0.25)  # a quarter in: the pictures are half blended
     d.tick()
     mid = center_color(d)
     expect = tuple((a + b) // 2 for a, b in zip(RED, BLUE))
     assert near(mid, expect, tol=10), (mid, expect)
-    clk.advance(0.6)
+    clk.advance(0.5)  # three quarters in: the new picture is whole; only its caption is still fading in
+    d.tick()
+    assert near(center_color(d), BLUE)
+    clk.advance(0.35)
     d.tick()
     assert near(center_color(d), BLUE)
 

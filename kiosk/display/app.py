@@ -85,6 +85,7 @@ class Display:
         self.frame: tuple[Progress, pygame.Surface] | None = None
         # what is on screen
         self.card: pygame.Surface | None = None
+        self.card_base: pygame.Surface | None = None  # the card's picture without caption and QR
         self.card_piece_id: int | None = None
         self.prev_card: pygame.Surface | None = None
         self.fade_start = 0.0
@@ -231,10 +232,10 @@ class Display:
         if ready is None or surface is None:
             return
         self.culprit = ready.piece.id
-        card = render.build_card(self.fonts, self.qrs, self.size, surface, ready.piece, ready.url)
+        base, card = render.build_card(self.fonts, self.qrs, self.size, surface, ready.piece, ready.url)
         self.culprit = None
         self.prev_card = self.card if self.card is not None and self.cfg.crossfade_seconds > 0 else None
-        self.card, self.card_piece_id = card, ready.piece.id
+        self.card, self.card_base, self.card_piece_id = card, base, ready.piece.id
         self.fade_start = now
 
     def on_state_error(self, exc: BaseException) -> None:

@@ -184,13 +184,18 @@ def caption_lines(piece: Piece) -> tuple[str, str, str, str]:
 
 
 def build_card(fonts: Fonts, qrs: QRCache, screen: tuple[int, int], image: pygame.Surface, piece: Piece,
-               url: str) -> pygame.Surface:
-    """Compose one full-screen card: the fitted image on black, the caption and the piece's QR."""
+               url: str) -> tuple[pygame.Surface, pygame.Surface]:
+    """Compose one full-screen card: the fitted image on black, the caption and the piece's QR.
+
+    Returns ``(base, card)``: the picture alone, and the picture with caption and QR. Crossfades go
+    through ``base`` so two captions or two QR codes are never on screen at once.
+    """
     W, H = screen
     card = pygame.Surface(screen).convert()
     card.fill(BLACK)
     lay = card_layout(screen, image.get_size())
     card.blit(image, lay.image)
+    base = card.copy()
     series, prompt, numbers, label = caption_lines(piece)
     cap = lay.caption
     big, mid, small = round(H * 0.05), round(H * 0.04), round(H * 0.032)
@@ -210,4 +215,4 @@ def build_card(fonts: Fonts, qrs: QRCache, screen: tuple[int, int], image: pygam
     card.blit(qr, (qx, lay.qr.top))
     hint = text(fonts, "scan to download", small, WHITE)
     card.blit(hint, (lay.qr.centerx - hint.get_width() // 2, lay.qr.top + qr.get_height() + gap * 2))
-    return card
+    return base, card

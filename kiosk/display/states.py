@@ -140,10 +140,13 @@ class Showing(State):
         fade = d.cfg.crossfade_seconds
         t = (now - d.fade_start) / fade if fade > 0 else 1.0
         if d.prev_card is not None and t < 1.0:
-            screen.blit(d.prev_card, (0, 0))
-            d.card.set_alpha(max(0, min(255, round(255 * t))))
-            screen.blit(d.card, (0, 0))
-            d.card.set_alpha(None)
+            # first half: the old card (caption, QR) fades into the new picture alone;
+            # second half: the new caption and QR fade in. Two captions never overlap.
+            under, over, a = (d.prev_card, d.card_base, 2 * t) if t < 0.5 else (d.card_base, d.card, 2 * t - 1)
+            screen.blit(under, (0, 0))
+            over.set_alpha(max(0, min(255, round(255 * a))))
+            screen.blit(over, (0, 0))
+            over.set_alpha(None)
         else:
             d.prev_card = None
             screen.blit(d.card, (0, 0))
