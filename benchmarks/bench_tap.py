@@ -58,26 +58,12 @@ min = {lo}
 max = {hi}
 """
 
-STYLEGAN_TOML = """title = "Tap StyleGAN2 {size}"
-series = "Bench"
-[canvas]
-width = {size}
-height = {size}
-[generator]
-name = "stylegan"
-checkpoint = "{checkpoint}"
-[sigma]
-min = {lo}
-max = {hi}
-"""
-
-
 def write_exhibits(root: Path, widths: tuple[int, int]) -> tuple[Path, list[str]]:
     """Exhibit TOMLs (and the random StyleGAN2 pickles they name); returns the directory and exhibit names."""
     import torch
 
     from renderer.stylegan.sg2 import SG2Synthesis, sg2_channels
-    from tests.stylegan_helpers import write_nvlabs_pkl
+    from tests.stylegan_helpers import stylegan_exhibit_toml, write_nvlabs_pkl
 
     exdir = root / "exhibits"
     exdir.mkdir()
@@ -90,7 +76,7 @@ def write_exhibits(root: Path, widths: tuple[int, int]) -> tuple[Path, list[str]
         net = SG2Synthesis(512, size, 3, sg2_channels(size, *widths)).eval().requires_grad_(False)
         ckpt = write_nvlabs_pkl(net, root / f"random-sg2-{size}.pkl", marker=root / "never-executed")
         (exdir / f"tap_sg2_{size}.toml").write_text(
-            STYLEGAN_TOML.format(size=size, checkpoint=ckpt.as_posix(), lo=SIGMA[0], hi=SIGMA[1]))
+            stylegan_exhibit_toml(ckpt, size, SIGMA, title=f"Tap StyleGAN2 {size}", series="Bench"))
         names.append(f"tap-sg2-{size}")
     return exdir, names
 

@@ -112,6 +112,11 @@ CREATE TABLE IF NOT EXISTS settings (
 """
 
 
+def _marks(values: Sequence[Any]) -> str:
+    """``?,?,?``: one SQL placeholder per value of an IN (...) list."""
+    return ",".join("?" * len(values))
+
+
 class StoreError(RuntimeError):
     pass
 
@@ -334,7 +339,7 @@ class Store:
             if exhibits is not None:
                 if not exhibits:
                     return None
-                sql += f" AND exhibit IN ({','.join('?' * len(exhibits))})"
+                sql += f" AND exhibit IN ({_marks(exhibits)})"
                 args += list(exhibits)
             if batch is not None:
                 sql += " AND source='batch' AND json_extract(params, '$.batch') = ?"
@@ -424,7 +429,7 @@ class Store:
     def jobs(self, statuses: Sequence[str] | None = None, limit: int = 100, source: str | None = None) -> list[Job]:
         sql, args = "SELECT * FROM jobs WHERE 1=1", []
         if statuses:
-            sql += f" AND status IN ({','.join('?' * len(statuses))})"
+            sql += f" AND status IN ({_marks(statuses)})"
             args += list(statuses)
         if source:
             sql += " AND source=?"
@@ -452,7 +457,7 @@ class Store:
         """A more urgent job is queued (only among ``exhibits``, the ones the asking worker can make)."""
         sql, args = "SELECT 1 FROM jobs WHERE status='queued' AND priority > ?", [priority]
         if exhibits is not None:
-            sql += f" AND exhibit IN ({','.join('?' * len(exhibits))})"
+            sql += f" AND exhibit IN ({_marks(exhibits)})"
             args += list(exhibits)
         return self.conn.execute(sql + " LIMIT 1", args).fetchone() is not None
 

@@ -325,3 +325,24 @@ def write_rosinality_pt(net: SG2Synthesis, path: Path) -> Path:
     torch.save({"g_ema": rosinality_state(net), "latent_avg": net.w_avg.clone(),
                 "args": argparse.Namespace(size=net.img_resolution, channel_multiplier=2)}, path)
     return path
+
+
+STYLEGAN_EXHIBIT_TOML = """title = "{title}"
+series = "{series}"
+[canvas]
+width = {size}
+height = {size}
+[generator]
+name = "stylegan"
+checkpoint = "{checkpoint}"
+[sigma]
+min = {lo}
+max = {hi}
+"""
+
+
+def stylegan_exhibit_toml(checkpoint: Path, size: int, sigma: tuple[float, float], *, title: str,
+                          series: str) -> str:
+    """An exhibit file that runs the ``stylegan`` generator on ``checkpoint`` (any supported format)."""
+    return STYLEGAN_EXHIBIT_TOML.format(title=title, series=series, size=size, checkpoint=Path(checkpoint).as_posix(),
+                                        lo=sigma[0], hi=sigma[1])

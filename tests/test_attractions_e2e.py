@@ -23,25 +23,12 @@ from exhibits.files import read_png_meta, sha256_file
 from exhibits.playlist import spec_for
 from exhibits.show import ShowConfig
 from exhibits.store import Piece, Store
-from tests.stylegan_helpers import tiny_sg1, tiny_sg2, tiny_sg3, write_nvlabs_pkl, write_tf_pkl
+from tests.stylegan_helpers import (stylegan_exhibit_toml, tiny_sg1, tiny_sg2, tiny_sg3, write_nvlabs_pkl,
+                                    write_tf_pkl)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXHIBIT = "tiny-attractions"
 SIGMA = (0.5, 2.0)
-
-EXHIBIT_TOML = """
-title = "Tiny Attractions"
-series = "Strange Attractions"
-[canvas]
-width = {size}
-height = {size}
-[generator]
-name = "stylegan"
-checkpoint = "{checkpoint}"
-[sigma]
-min = {lo}
-max = {hi}
-"""
 
 # family -> (builder writing the checkpoint, family name in the meta, family word in the label)
 CHECKPOINTS = {
@@ -54,7 +41,8 @@ CHECKPOINTS = {
 def write_exhibit(exdir: Path, checkpoint: Path, size: int = 16, sigma: tuple[float, float] = SIGMA) -> Path:
     exdir.mkdir(parents=True, exist_ok=True)
     path = exdir / f"{EXHIBIT.replace('-', '_')}.toml"
-    path.write_text(EXHIBIT_TOML.format(size=size, checkpoint=checkpoint.as_posix(), lo=sigma[0], hi=sigma[1]))
+    path.write_text(stylegan_exhibit_toml(checkpoint, size, sigma, title="Tiny Attractions",
+                                          series="Strange Attractions"))
     return path
 
 
