@@ -111,6 +111,21 @@ CREATE TABLE IF NOT EXISTS settings (
 );
 """
 
+# Columns added to a table after stores were first created in the field, as
+# (table, column, declaration). Append to this list, never edit an entry: Store()
+# adds whatever an older file lacks, so an exhibit's archive upgrades in place.
+# (A new table goes into _SCHEMA with CREATE TABLE IF NOT EXISTS.)
+_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = ()
+
+
+def _add_missing_columns(c: sqlite3.Connection, added: Sequence[tuple[str, str, str]]) -> None:
+    """Run inside a write transaction, so two processes opening one old store add each column once."""
+    for table, column, decl in added:
+        have = {row[1] for row in c.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            log.info("store: adding column %s.%s", table, column)
+            c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
 
 def _marks(values: Sequence[Any]) -> str:
     """``?,?,?``: one SQL placeholder per value of an IN (...) list."""
@@ -242,6 +257,7 @@ class Store:
             d.mkdir(parents=True, exist_ok=True)
         self.conn.executescript(_SCHEMA)
         with self._tx() as c:
+            _add_missing_columns(c, _ADDED_COLUMNS)
             c.execute("INSERT OR IGNORE INTO settings(key, value) VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
 
     # -- connection ---------------------------------------------------------

@@ -179,3 +179,21 @@ def test_live_frames_are_removed_when_their_job_ends(store):
     store.cancel(jobs[2].id)
     assert not any(f.exists() for f in frames)
     assert all(store.get_job(j.id).frame_path is None for j in jobs)
+
+
+def test_an_older_store_gains_added_columns_once(tmp_path):
+    from exhibits.store import _add_missing_columns
+
+    db = tmp_path / "old.sqlite3"
+    first = sqlite3.connect(db, isolation_level=None)
+    first.execute("CREATE TABLE pieces (id INTEGER PRIMARY KEY, title TEXT)")
+    first.execute("INSERT INTO pieces(title) VALUES ('kept')")
+    second = sqlite3.connect(db, isolation_level=None)
+    added = [("pieces", "shown_at", "REAL"), ("pieces", "note", "TEXT NOT NULL DEFAULT ''")]
+    for c in (first, second):  # two processes opening the same old file: the second finds them there
+        c.execute("BEGIN IMMEDIATE")
+        _add_missing_columns(c, added)
+        c.execute("COMMIT")
+    cols = [row[1] for row in first.execute("PRAGMA table_info(pieces)")]
+    assert cols == ["id", "title", "shown_at", "note"]
+    assert first.execute("SELECT title, shown_at, note FROM pieces").fetchone() == ("kept", None, "")
