@@ -2,7 +2,7 @@
 
 Modules: ``vqgan`` (the model and its safe checkpoint loader), ``clip_guidance``
 (open_clip models and prompt losses), ``cutouts`` (batched crops and
-augmentations), ``losses`` (symmetry and panorama terms), ``optimise`` (the one
-optimisation loop), ``memory`` (estimates before a run) and ``generator`` (the
-registered ``vqgan_clip`` generator).
+augmentations), ``losses`` (symmetry and panorama terms), ``memory`` (estimates before a run) and ``generator`` (the
+registered ``vqgan_clip`` generator, a canvas on the shared loop in
+:mod:`renderer.guidance`).
 """

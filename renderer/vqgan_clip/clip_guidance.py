@@ -117,7 +117,7 @@ def load_clip(spec: str, weights_dir: Path, device: torch.device, seed: int = 0)
         model = open_clip.create_model(arch, pretrained=str(path),
                                        force_quick_gelu=bool(pcfg.get("quick_gelu", False)))
         mean, std = pcfg.get("mean", OPENAI_MEAN), pcfg.get("std", OPENAI_STD)
-        name, weights = spec, str(path)
+        name, weights = arch, str(path)  # the tokenizer is the architecture's (SigLIP: 64 tokens), not "ARCH:TAG"
     model = model.eval().requires_grad_(False).to(device)
     size = model.visual.image_size
     size = int(size[0] if isinstance(size, (tuple, list)) else size)

@@ -1,7 +1,7 @@
 """Loss terms composed around the generator: CLIP prompts (panorama-weighted), and three symmetries.
 
 Every term is a callable ``term(image, step) -> {name: scalar tensor}`` already
-multiplied by its weight; :func:`renderer.vqgan_clip.optimise.optimise` sums them.
+multiplied by its weight; :func:`renderer.guidance.loop.optimise` sums them.
 
 - Panoramas: positive prompts are spread left..right (2: left/right, 3:
   left/centre/right); each cutout's loss against a prompt is weighted by an
