@@ -63,20 +63,63 @@ def format_prompts(prompts: tuple[Prompt, ...] | list) -> str:
     return " | ".join(str(Prompt(*p)) for p in prompts)
 
 
-def clean_visitor_text(text: object, *, max_chars: int = MAX_VISITOR_CHARS) -> str:
-    """Normalise a visitor's prompt and reject what the show cannot take, with a reason a phone can show."""
+# Invisible characters people really write: the joiners of emoji sequences and of Persian, Indic and Arabic
+# words, the left-to-right / right-to-left marks, and the tag characters of flag sequences.
+_ALLOWED_FORMAT = {0x200C, 0x200D, 0x200E, 0x200F, 0x061C} | set(range(0xE0020, 0xE0080))
+# Characters that reorder the text around them (Trojan-Source style): refused.
+_BIDI_CONTROLS = {0x202A, 0x202B, 0x202C, 0x202D, 0x202E, 0x2066, 0x2067, 0x2068, 0x2069}
+
+
+def _char_problem(c: str) -> str | None:
+    """Why ``c`` cannot be in a visitor's prompt, or None."""
+    cp = ord(c)
+    cat = unicodedata.category(c)
+    if cp in _BIDI_CONTROLS:
+        return "a bidirectional override character"
+    if cat == "Cc":
+        return None if c in "\t\n\r" else "a control character"
+    if cat == "Cs":
+        return "a lone surrogate (broken text encoding)"
+    if cat == "Co":
+        return "a private-use character"
+    if cat == "Cf" and cp not in _ALLOWED_FORMAT:
+        return "an invisible formatting character"
+    if (0xFDD0 <= cp <= 0xFDEF) or (cp & 0xFFFE) == 0xFFFE:
+        return "a noncharacter"
+    return None
+
+
+def char_label(c: str) -> str:
+    """``U+202E RIGHT-TO-LEFT OVERRIDE``: the code point and its Unicode name (where it has one)."""
+    name = unicodedata.name(c, "")
+    return f"U+{ord(c):04X} {name}" if name else f"U+{ord(c):04X}"
+
+
+def visitor_text_length(text: str) -> int:
+    """How long a visitor's prompt is, as the phone's counter shows it: code points after NFC and whitespace folding."""
+    return len(" ".join(unicodedata.normalize("NFC", text).split()))
+
+
+def clean_visitor_text(text: object, *, max_chars: int = MAX_VISITOR_CHARS, what: str = "the prompt") -> str:
+    """Normalise a visitor's prompt and reject what the show cannot take, with a reason a phone can show.
+
+    Every script, combining marks, emoji with their joiners (ZWJ) and the Persian non-joiner (ZWNJ) are
+    welcome. Control, surrogate, private-use, bidirectional-override and other invisible formatting
+    characters are refused with the character and its position (counting characters from 1).
+    Length counts code points after NFC normalisation and whitespace folding (the phone counts the same).
+    """
     if text is None:
-        raise PromptError("the prompt is empty: write a few words")
+        raise PromptError(f"{what} is empty: write a few words")
     if not isinstance(text, str):
-        raise PromptError("the prompt must be text")
-    text = unicodedata.normalize("NFC", text)
-    bad = [c for c in text if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co") and c not in "\t\n\r "]
-    if bad:
-        raise PromptError(f"the prompt contains a control character (U+{ord(bad[0]):04X})")
-    text = " ".join(text.split())
+        raise PromptError(f"{what} must be text")
+    for i, c in enumerate(text, 1):
+        problem = _char_problem(c)
+        if problem:
+            raise PromptError(f"{what} contains {problem} ({char_label(c)}) at position {i}: remove it and try again")
+    text = " ".join(unicodedata.normalize("NFC", text).split())
     if not text:
-        raise PromptError("the prompt is empty: write a few words")
+        raise PromptError(f"{what} is empty: write a few words")
     if len(text) > max_chars:
-        raise PromptError(f"the prompt is {len(text)} characters long; at most {max_chars} fit")
+        raise PromptError(f"{what} is {len(text)} characters long; at most {max_chars} fit")
     parse_prompts(text)  # raises with the part that is wrong
     return text

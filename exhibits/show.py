@@ -39,8 +39,16 @@ class ShowConfig:
     host: str = "0.0.0.0"
     port: int = 8080
     public_url: str | None = None  # what the QR codes point at; default: http://<LAN address>:<port>
-    staff_password: str | None = None
+    staff_password: str | None = None  # plain text (deprecated: use `kiosk staff-password`, which stores a hash)
+    staff_password_hash: str | None = None  # salted scrypt hash written by `kiosk staff-password`
+    staff_local_only: bool = False  # no password: staff pages answer 127.0.0.1 only (never behind a proxy)
+    staff_session_hours: float = 12.0  # a staff login lasts this long
+    trusted_proxies: int | tuple[str, ...] = 0  # hop count, or the proxies' addresses; 0: no proxy
+    max_connections_per_address: int = 24  # more open connections from one client are refused
+    export_cache_mb: int = 2048  # prints and AR packs kept for download; least recently used go first
+    blocked_words: tuple[str, ...] = ()  # this show's own block list (held for staff, never dropped)
     prompt_rate_limit: str = "5 per minute"
+    config_path: Path | None = None  # the kiosk.toml this was read from (staff password changes are seen live)
     # worker
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     worker_threads: int = 0  # torch CPU threads; 0: all cores but one, which is left to the display
@@ -66,6 +74,11 @@ _TYPES = {
     "hold_seconds": ((int, float), "a number of seconds"), "crossfade_seconds": ((int, float), "a number of seconds"),
     "fps": (int, "frames per second"), "host": (str, "an address to listen on"), "port": (int, "a TCP port"),
     "public_url": (str, "a URL like http://192.168.1.20:8080"), "staff_password": (str, "a password"),
+    "staff_password_hash": (str, "a hash written by `python -m kiosk staff-password`"),
+    "staff_local_only": (bool, "true or false"), "staff_session_hours": ((int, float), "a number of hours"),
+    "trusted_proxies": ((int, list), "a hop count like 1, or a list of proxy addresses like [\"127.0.0.1\"]"),
+    "max_connections_per_address": (int, "a whole number of connections"),
+    "export_cache_mb": (int, "a whole number of megabytes"), "blocked_words": (list, "a list of words"),
     "prompt_rate_limit": (str, "a limit like '5 per minute'"), "device": (str, "auto, cpu, cuda or cuda:N"),
     "queue_depth": (int, "a whole number"), "worker_threads": (int, "a whole number (0: automatic)"), "playlist_interval": ((int, float), "a number of seconds"),
     "keep_playlist_pieces": (int, "a whole number of pieces"), "min_free_mb": (int, "a whole number of megabytes"),
@@ -101,9 +114,34 @@ def load_show(path: str | Path | None) -> ShowConfig:
         kw["exhibits"] = tuple(kw["exhibits"])
     if "port" in kw and not 1 <= kw["port"] <= 65535:
         raise ConfigError(path, r.key("port"), "a TCP port from 1 to 65535", kw["port"])
+    if "trusted_proxies" in kw:
+        tp = kw["trusted_proxies"]
+        if isinstance(tp, list):
+            if not all(isinstance(a, str) and _is_address(a) for a in tp):
+                raise ConfigError(path, r.key("trusted_proxies"), "IP addresses or networks like \"10.0.0.0/8\"", tp)
+            kw["trusted_proxies"] = tuple(tp)
+        elif isinstance(tp, bool) or not 0 <= tp <= 5:
+            raise ConfigError(path, r.key("trusted_proxies"), "a hop count from 0 to 5", tp)
+    if kw.get("staff_local_only") and kw.get("trusted_proxies"):
+        raise ConfigError(path, r.key("staff_local_only"), "false when trusted_proxies is set (behind a proxy every "
+                          "visitor arrives from this machine, so loopback cannot mean staff)", True)
+    if "blocked_words" in kw:
+        if not all(isinstance(w, str) and w.strip() for w in kw["blocked_words"]):
+            raise ConfigError(path, r.key("blocked_words"), "a list of non-empty words", kw["blocked_words"])
+        kw["blocked_words"] = tuple(kw["blocked_words"])
     if "device" in kw and not (kw["device"] in ("auto", "cpu", "cuda") or kw["device"].startswith("cuda:")):
         raise ConfigError(path, r.key("device"), "auto, cpu, cuda or cuda:N", kw["device"])
-    return ShowConfig(**kw)
+    return ShowConfig(**kw, config_path=path)
+
+
+def _is_address(text: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_network(text, strict=False)
+        return True
+    except ValueError:
+        return False
 
 
 def lan_address() -> str:

@@ -109,13 +109,30 @@ CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS exports (
+    piece_id INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    path TEXT,
+    size INTEGER NOT NULL DEFAULT 0,
+    sha256 TEXT,
+    error TEXT,
+    requested_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    accessed_at REAL,
+    PRIMARY KEY (piece_id, kind)
+);
+CREATE INDEX IF NOT EXISTS exports_pending ON exports(status, requested_at);
 """
 
 # Columns added to a table after stores were first created in the field, as
 # (table, column, declaration). Append to this list, never edit an entry: Store()
 # adds whatever an older file lacks, so an exhibit's archive upgrades in place.
 # (A new table goes into _SCHEMA with CREATE TABLE IF NOT EXISTS.)
-_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = ()
+_ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("jobs", "held_reason", "TEXT"),  # why moderation held a visitor's prompt (for the staff)
+)
 
 
 def _add_missing_columns(c: sqlite3.Connection, added: Sequence[tuple[str, str, str]]) -> None:
@@ -308,7 +325,7 @@ class Store:
     def submit(self, exhibit: str, *, prompts: Sequence[Sequence[Any]] = (), prompt_text: str = "",
                seed: int | None = None, params: Mapping[str, Any] | None = None, source: str = "playlist",
                priority: int | None = None, held: bool = False, visitor: str | None = None,
-               max_attempts: int = 3) -> Job:
+               max_attempts: int = 3, held_reason: str | None = None) -> Job:
         """Queue a job (or hold it for moderation). Returns the stored row, with its status token."""
         if source not in PRIORITY:
             raise StoreError(f"unknown job source {source!r}; one of {', '.join(PRIORITY)}")
@@ -318,11 +335,11 @@ class Store:
         with self._tx() as c:
             cur = c.execute(
                 "INSERT INTO jobs(token, exhibit, prompts, prompt_text, seed, params, source, priority, status,"
-                " created_at, visitor, max_attempts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                " created_at, visitor, max_attempts, held_reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (secrets.token_urlsafe(12), exhibit, prompts_json, prompt_text, int(seed),
                  json.dumps(dict(params or {}), sort_keys=True), source,
                  PRIORITY[source] if priority is None else int(priority), "held" if held else "queued",
-                 time.time(), visitor, max_attempts),
+                 time.time(), visitor, max_attempts, held_reason if held else None),
             )
             row = c.execute("SELECT * FROM jobs WHERE id=?", (cur.lastrowid,)).fetchone()
         job = Job.from_row(row)
@@ -463,6 +480,34 @@ class Store:
             "SELECT COUNT(*) FROM jobs WHERE status='queued' AND (priority > ? OR (priority = ? AND id < ?))",
             (row["priority"], row["priority"], row["id"])).fetchone()[0]
         return ahead + 1
+
+    def visitor_jobs(self, visitor: str, limit: int = 30) -> list[Job]:
+        """A phone's own prompts, newest first (``visitor`` is its anonymous cookie)."""
+        rows = self.conn.execute("SELECT * FROM jobs WHERE visitor=? ORDER BY id DESC LIMIT ?", (visitor, limit))
+        return [Job.from_row(r) for r in rows]
+
+    def held_reason(self, job_id: int) -> str | None:
+        row = self.conn.execute("SELECT held_reason FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return row[0] if row else None
+
+    def render_seconds(self, exhibit: str, last: int = 20) -> float | None:
+        """Median render time of the exhibit's last ``last`` pieces (None before the first one)."""
+        rows = [r[0] for r in self.conn.execute(
+            "SELECT render_seconds FROM pieces WHERE exhibit=? AND render_seconds > 0 ORDER BY id DESC LIMIT ?",
+            (exhibit, last))]
+        if not rows:
+            return None
+        rows.sort()
+        return float(rows[len(rows) // 2])
+
+    def queue_ahead(self, job_id: int) -> list[tuple[str, int, int]]:
+        """(exhibit, step, total) of the running jobs and the queued jobs that run before ``job_id``."""
+        row = self.conn.execute("SELECT priority, id FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            return []
+        return [(r[0], r[1], r[2]) for r in self.conn.execute(
+            "SELECT exhibit, step, total FROM jobs WHERE status='running' OR (status='queued' AND"
+            " (priority > ? OR (priority = ? AND id < ?)))", (row["priority"], row["priority"], row["id"]))]
 
     def count_queued(self, source: str | None = None) -> int:
         if source is None:
@@ -634,6 +679,62 @@ class Store:
         if rows:
             log.info("pruned %d old playlist pieces (keeping the newest %d)", len(rows), keep)
         return len(rows)
+
+    # -- exports (made off the web app's request threads, served as plain files) --------
+    def export_row(self, piece_id: int, kind: str) -> dict | None:
+        row = self.conn.execute("SELECT * FROM exports WHERE piece_id=? AND kind=?", (piece_id, kind)).fetchone()
+        return dict(row) if row else None
+
+    def request_export(self, piece_id: int, kind: str, *, retry_failed_after: float = 600.0) -> dict:
+        """Ask for an export (idempotent): a new or long-failed one becomes ``pending``. Returns the row."""
+        now = time.time()
+        with self._tx() as c:
+            c.execute("INSERT OR IGNORE INTO exports(piece_id, kind, status, requested_at) VALUES (?,?,'pending',?)",
+                      (piece_id, kind, now))
+            c.execute("UPDATE exports SET status='pending', error=NULL, requested_at=? WHERE piece_id=? AND kind=?"
+                      " AND status='failed' AND finished_at < ?", (now, piece_id, kind, now - retry_failed_after))
+            return dict(c.execute("SELECT * FROM exports WHERE piece_id=? AND kind=?", (piece_id, kind)).fetchone())
+
+    def claim_export(self, *, stale_after: float = 900.0) -> dict | None:
+        """The oldest pending export, now ``running`` (one left running longer than ``stale_after`` is retaken)."""
+        now = time.time()
+        with self._tx() as c:
+            row = c.execute("SELECT piece_id, kind FROM exports WHERE status='pending' OR (status='running' AND"
+                            " started_at < ?) ORDER BY requested_at LIMIT 1", (now - stale_after,)).fetchone()
+            if row is None:
+                return None
+            c.execute("UPDATE exports SET status='running', started_at=? WHERE piece_id=? AND kind=?",
+                      (now, row["piece_id"], row["kind"]))
+            return dict(c.execute("SELECT * FROM exports WHERE piece_id=? AND kind=?", tuple(row)).fetchone())
+
+    def finish_export(self, piece_id: int, kind: str, *, path: str | None = None, size: int = 0,
+                      sha256: str | None = None, error: str | None = None) -> None:
+        with self._tx() as c:
+            c.execute("UPDATE exports SET status=?, path=?, size=?, sha256=?, error=?, finished_at=?, accessed_at=?"
+                      " WHERE piece_id=? AND kind=?", ("failed" if error else "ready", path, size, sha256, error,
+                                                       time.time(), time.time(), piece_id, kind))
+
+    def touch_export(self, piece_id: int, kind: str, *, every: float = 60.0) -> None:
+        """Note a download (at most one write a minute per file), for least-recently-used pruning."""
+        now = time.time()
+        with self._tx() as c:
+            c.execute("UPDATE exports SET accessed_at=? WHERE piece_id=? AND kind=? AND accessed_at < ?",
+                      (now, piece_id, kind, now - every))
+
+    def forget_export(self, piece_id: int, kind: str) -> None:
+        with self._tx() as c:
+            c.execute("DELETE FROM exports WHERE piece_id=? AND kind=?", (piece_id, kind))
+
+    def exports_to_prune(self, max_bytes: int) -> list[dict]:
+        """Ready exports beyond ``max_bytes`` in total, least recently downloaded first."""
+        rows = [dict(r) for r in self.conn.execute(
+            "SELECT * FROM exports WHERE status='ready' ORDER BY accessed_at DESC, finished_at DESC")]
+        total, out = 0, []
+        for r in rows:
+            total += r["size"]
+            if total > max_bytes:
+                out.append(r)
+        return out[::-1]
 
     def path(self, rel: str) -> Path:
         """Absolute path of a file recorded relative to the store root (refuses to leave the root)."""

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="patch-size schedule from the init image: one value or START END (above 1: small patches)")
     p.add_argument("--seed", type=int, help="a new seed (default: the piece's)")
 
+    p = add("staff-password", "set the staff password (a salted hash goes into --config; never the plain text)")
+    p.add_argument("--stdin", action="store_true", help="read the password from standard input (for scripts)")
+
     p = add("contact-sheet", "a labelled grid PNG of finished pieces (seed, sigma, piece id, curation)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--batch", help="pieces of this batch, in batch order (see: python -m kiosk render)")
@@ -318,12 +321,36 @@ def cmd_contact_sheet(args: argparse.Namespace, cfg: ShowConfig) -> int:
     return 0
 
 
+def cmd_staff_password(args: argparse.Namespace, cfg: ShowConfig) -> int:
+    import getpass
+
+    from kiosk.web.security import hash_password, write_password_hash
+
+    if args.config is None:
+        print("error: name the show configuration to write: --config /path/to/kiosk.toml", file=sys.stderr)
+        return 2
+    if args.stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("new staff password: ")
+        if getpass.getpass("again: ") != password:
+            print("error: the two passwords differ; nothing changed", file=sys.stderr)
+            return 1
+    if len(password) < 8:
+        print("error: use at least 8 characters; nothing changed", file=sys.stderr)
+        return 1
+    write_password_hash(args.config, hash_password(password))
+    print(f"staff password set in {args.config} (salted scrypt hash); every staff session made before is ended")
+    return 0
+
+
 COMMANDS = {
     "demo": cmd_demo, "display": cmd_display, "worker": cmd_worker, "web": cmd_web, "render": cmd_render,
     "exhibits": cmd_exhibits, "status": cmd_status, "models": cmd_models, "fetch-models": cmd_fetch_models,
     "export": cmd_export,
     "contact-sheet": cmd_contact_sheet,
     "continue": cmd_continue,
+    "staff-password": cmd_staff_password,
 }
 
 

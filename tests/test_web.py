@@ -11,7 +11,7 @@ from PIL import Image
 from exhibits.show import ShowConfig
 from exhibits.store import Store
 from kiosk.web import create_app
-from tests.web_helpers import csrf, error_text, make_piece, post_prompt
+from tests.web_helpers import api_submit, csrf, error_text, make_piece, post_prompt, wait_export
 
 
 def _app(store: Store, **kw):
@@ -110,7 +110,9 @@ def test_exports_are_made_once_and_cached_or_503(web):
     _, c, store, pieces = web
     p = pieces[0]
     for url, kind, magic in ((f"/p/{p.id}/print.pdf", "print", b"%PDF"), (f"/p/{p.id}/ar.zip", "ar", b"PK")):
-        r = c.get(url)
+        first = c.get(url)
+        assert first.status_code == 202 and "being prepared" in first.get_data(as_text=True)
+        r = wait_export(c, url)
         if r.status_code == 503:  # the filters package is not importable on this installation
             assert "not available" in r.get_data(as_text=True) or "could not" in r.get_data(as_text=True)
             continue
@@ -125,7 +127,7 @@ def test_exports_are_made_once_and_cached_or_503(web):
 
 def test_print_file_is_20cm_square_when_available(web):
     _, c, _, pieces = web
-    r = c.get(f"/p/{pieces[0].id}/print.pdf")
+    r = wait_export(c, f"/p/{pieces[0].id}/print.pdf")
     if r.status_code == 503:
         pytest.skip("the print exporter is not importable here")
     # The trim box (the finished print) is 20 cm = 566.9 pt; the media box adds bleed and crop marks.
@@ -166,8 +168,8 @@ def test_submit_creates_a_visitor_job_and_redirects_to_its_status(web):
     ("", "empty"),
     ("   ", "empty"),
     ("x" * 201, "201 characters"),
-    ("bell\x07here", "control character (U+0007)"),
-    ("zero\u200bwidth", "control character (U+200B)"),
+    ("bell\x07here", "control character (U+0007) at position 5"),
+    ("zero\u200bwidth", "invisible formatting character (U+200B ZERO WIDTH SPACE) at position 5"),
     ("a:|b", "ends with ':'"),
     ("||", "empty"),
     ("sea:1.2.3", "not a finite number"),
@@ -181,7 +183,7 @@ def test_bad_prompts_are_400_with_the_reason(web, text, reason):
     r = post_prompt(c, text, csrf(c))
     assert r.status_code == 400
     assert reason in error_text(r.get_data(as_text=True))
-    j = c.post("/api/submit", json={"prompt": text})
+    j = api_submit(c, {"prompt": text})
     assert j.status_code == 400 and reason in j.json["error"]
     j2 = c.post("/submit", data={"prompt": text, "csrf_token": csrf(c)}, headers={"Accept": "application/json"})
     assert j2.status_code == 400 and reason in j2.json["error"]
@@ -200,9 +202,9 @@ def test_unknown_exhibit_is_400_naming_it(store):
     assert 'value="doorways"' in html and 'value="demo"' in html
     r = post_prompt(c, "a door", csrf(c), exhibit="bogus")
     assert r.status_code == 400 and "'bogus'" in error_text(r.get_data(as_text=True))
-    r = c.post("/api/submit", json={"prompt": "a door", "exhibit": "nope"})
+    r = api_submit(c, {"prompt": "a door", "exhibit": "nope"})
     assert r.status_code == 400 and "'nope'" in r.json["error"] and "demo, doorways" in r.json["error"]
-    r = c.post("/api/submit", json={"prompt": "Fire | Ice", "exhibit": "doorways"})
+    r = api_submit(c, {"prompt": "Fire | Ice", "exhibit": "doorways"})
     assert r.status_code == 201
     job = store.job_by_token(r.json["token"])
     assert job.exhibit == "doorways" and "realm" in job.prompts[0][0]  # realm names go through the template
@@ -210,10 +212,12 @@ def test_unknown_exhibit_is_400_naming_it(store):
 
 def test_api_submit_and_job_json(web):
     _, c, store, _ = web
-    r = c.post("/api/submit", json={"prompt": "glass bees"})
+    r = api_submit(c, {"prompt": "glass bees"})
     assert r.status_code == 201 and r.json["status"] == "queued" and r.json["position"] == 1
     token = r.json["token"]
-    assert c.post("/api/submit", data="not json", content_type="text/plain").status_code == 400
+    tok = c.get("/api/session").json["csrf_token"]
+    assert c.post("/api/submit", data="not json", content_type="text/plain",
+                  headers={"X-CSRFToken": tok}).status_code == 400
     j = c.get(f"/api/job/{token}").json
     assert j["status"] == "queued" and j["position"] == 1 and not j["finished"]
     job = store.claim("w")
@@ -229,7 +233,7 @@ def test_api_submit_and_job_json(web):
 
 def test_failed_job_shows_its_reason(web):
     _, c, store, _ = web
-    r = c.post("/api/submit", json={"prompt": "doomed"})
+    r = api_submit(c, {"prompt": "doomed"})
     job = store.claim("w")
     store.fail(job.id, "w", "out of memory")
     assert "out of memory" in c.get(f"/job/{r.json['token']}").get_data(as_text=True)
@@ -248,10 +252,10 @@ def test_rate_limit_429_says_when_to_try_again(store):
     html = r.get_data(as_text=True)
     assert "Too many prompts" in html and "Try again in" in html
     assert 1 <= int(r.headers["Retry-After"]) <= 61
-    j = c.post("/api/submit", json={"prompt": "api too"})  # the API shares the budget
+    j = api_submit(c, {"prompt": "api too"})  # the API shares the budget
     assert j.status_code == 429 and 1 <= j.json["retry_after"] <= 61
     assert c.get("/submit").status_code == 200  # reading is not limited
-    other = c.post("/api/submit", json={"prompt": "another phone"}, environ_base={"REMOTE_ADDR": "10.0.0.7"})
+    other = api_submit(c, {"prompt": "another phone"}, environ_base={"REMOTE_ADDR": "10.0.0.7"})
     assert other.status_code == 201
 
 
@@ -288,8 +292,8 @@ def test_staff_needs_the_password(store):
     assert c.get("/staff/").status_code == 302
 
 
-def test_staff_without_password_answers_only_localhost(store):
-    app = _app(store)
+def test_staff_without_password_answers_only_localhost_when_enabled(store):
+    app = _app(store, staff_local_only=True)
     c = app.test_client()
     r = c.get("/staff/", environ_base={"REMOTE_ADDR": "192.168.1.50"})
     assert r.status_code == 403 and "127.0.0.1" in r.get_data(as_text=True)
@@ -305,7 +309,7 @@ def test_moderation_held_then_approved_then_queued(store):
     job = store.job_by_token(token)
     assert job.status == "held" and store.claim("w") is None
     page = visitor.get(f"/job/{token}").get_data(as_text=True)
-    assert "approve" in page and visitor.get(f"/api/job/{token}").json["position"] is None
+    assert "member of staff" in page and visitor.get(f"/api/job/{token}").json["position"] is None
     _staff_login(staff)
     html = staff.get("/staff/").get_data(as_text=True)
     assert "a careful prompt" in html and f"/staff/job/{job.id}/approve" in html
@@ -374,7 +378,7 @@ def test_everything_is_escaped(store):
     job = store.submit("demo", prompts=[(evil, 1.0)], prompt_text=evil, seed=1, source="visitor")
     j = store.claim("w")
     store.add_piece(j, "w", Image.new("RGB", (8, 8)), {"generator": "default", "label": "<b>label</b>"})
-    app = _app(store)
+    app = _app(store, staff_local_only=True)
     c = app.test_client()
     for url in ("/", "/p/1", f"/job/{job.token}", "/staff/", "/staff/pieces"):
         html = c.get(url).get_data(as_text=True)
@@ -403,7 +407,7 @@ def test_exhibits_the_worker_cannot_run_are_not_offered(store):
     store.set_setting("exhibits_available", {"demo": "ok", "doorways": "weights missing: run fetch-models"})
     page = client.get("/submit").data
     assert b"Doorways" not in page and b"doorways" not in page
-    r = client.post("/api/submit", json={"prompt": "Fire | Ice", "exhibit": "doorways"})
+    r = api_submit(client, {"prompt": "Fire | Ice", "exhibit": "doorways"})
     assert r.status_code == 400 and "unknown exhibit 'doorways'" in r.get_json()["error"]
     assert store.count_queued() == 0
 

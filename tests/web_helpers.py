@@ -48,3 +48,22 @@ def require_chromium() -> str:
 
 def read(path: Path) -> bytes:
     return Path(path).read_bytes()
+
+
+def api_submit(client: Any, payload: Any, **kw: Any) -> Any:
+    """POST JSON to /api/submit the way a script on the page does: the CSRF token in X-CSRFToken."""
+    tok = client.get("/api/session").get_json()["csrf_token"]
+    headers = {"X-CSRFToken": tok, **kw.pop("headers", {})}
+    return client.post("/api/submit", json=payload, headers=headers, **kw)
+
+
+def wait_export(client: Any, url: str, timeout: float = 60.0) -> Any:
+    """GET an export until it is no longer "being prepared" (202); returns the final response."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get(url)
+        if r.status_code != 202 or time.monotonic() > deadline:
+            return r
+        time.sleep(0.2)

@@ -5,27 +5,39 @@ The app talks to the renderer only through the store, and never imports torch.
 """
 from __future__ import annotations
 
-import hmac
+import json
 import logging
+import math
+import re
 import secrets
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
-from flask import Flask, abort, current_app, jsonify, render_template, request, session
+from flask import Flask, abort, current_app, jsonify, render_template, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from flask_wtf.csrf import CSRFError, CSRFProtect, generate_csrf
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import BaseConverter, ValidationError
 
 from exhibits.config import Exhibit, load_exhibits
+from exhibits.moderation import Moderator
 from exhibits.show import ShowConfig
 from exhibits.store import Store
+from kiosk.web.exports import ExportQueue
+from kiosk.web.security import LoginThrottle, PasswordSource, capped_channel_class, wrap_proxies
 
 log = logging.getLogger(__name__)
 
 SECRET_SETTING = "web_secret_key"
 CSRF_FIELD = "csrf_token"
+MAX_ID = 2**63 - 1  # SQLite's INTEGER
+MAX_JSON_DEPTH = 8
+CSRF_MESSAGE = "the form has expired or did not come from this site: reload the page and try again"
 
 
 @dataclass
@@ -36,7 +48,10 @@ class WebState:
     base_store: Store
     exhibits: dict[str, Exhibit]
     limiter: Limiter
-    export_locks: dict = field(default_factory=dict)
+    passwords: PasswordSource
+    login_throttle: LoginThrottle
+    moderator: Moderator
+    exports: ExportQueue
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def store(self) -> Store:
@@ -69,24 +84,95 @@ def _secret_key(store: Store) -> str:
     return key
 
 
-# -- CSRF ---------------------------------------------------------------------
-def csrf_token() -> str:
-    tok = session.get("csrf")
-    if not tok:
-        tok = session["csrf"] = secrets.token_urlsafe(24)
-    return tok
+class IdConverter(BaseConverter):
+    """``<id:piece_id>``: ASCII digits only (no fullwidth or other scripts' digits), at most 2**63-1; else 404."""
+
+    regex = r"[0-9]{1,19}"
+
+    def to_python(self, value: str) -> int:
+        n = int(value)
+        if n > MAX_ID:
+            raise ValidationError()
+        return n
+
+    def to_url(self, value: Any) -> str:
+        return str(int(value))
 
 
-def check_csrf() -> None:
-    """Every state-changing form carries the session's token; JSON APIs need a JSON content type."""
-    if request.method != "POST":
+def id_arg(name: str) -> int | None:
+    """An optional id in the query string (``?before=42``): 400 naming it when it is not one."""
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    if not re.fullmatch(r"[0-9]{1,19}", raw) or int(raw) > MAX_ID:
+        abort(400, description=f"{name} must be a piece number from 0 to {MAX_ID}")
+    return int(raw)
+
+
+def _utf8_position(data: bytes) -> int | None:
+    try:
+        data.decode("utf-8")
+        return None
+    except UnicodeDecodeError as exc:
+        return exc.start
+
+
+def check_body_encoding() -> None:
+    """Forms and JSON must be UTF-8 text: a 400 that says so (before the CSRF check can call it expired)."""
+    if request.method not in ("POST", "PUT", "PATCH", "DELETE"):
         return
-    if request.is_json:
-        return  # a cross-site form cannot send application/json without a CORS preflight
-    sent = request.form.get(CSRF_FIELD, "")
-    tok = session.get("csrf", "")
-    if not tok or not sent or not hmac.compare_digest(str(sent), str(tok)):
-        abort(400, description="the form has expired or did not come from this site: reload the page and try again")
+    mime = request.mimetype
+    if mime == "application/x-www-form-urlencoded":
+        data = request.get_data(cache=True)
+        for part in data.split(b"&"):
+            for piece in part.split(b"=", 1):
+                if _utf8_position(unquote_to_bytes(piece.replace(b"+", b" "))) is not None:
+                    abort(400, description="the form is not valid UTF-8 text: send it again from the page")
+    elif mime == "application/json" or mime.endswith("+json"):
+        at = _utf8_position(request.get_data(cache=True))
+        if at is not None:
+            abort(400, description=f"the JSON body is not valid UTF-8 text (bad byte at offset {at})")
+
+
+def _json_depth(text: str) -> int:
+    """How deeply arrays and objects nest (strings skipped), without building anything."""
+    depth = deepest = 0
+    in_str = esc = False
+    for c in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    return deepest
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object, or a 400 that says what is wrong (too deep, not JSON, not an object)."""
+    text = request.get_data(cache=True).decode("utf-8")  # encoding checked by check_body_encoding
+    if _json_depth(text) > MAX_JSON_DEPTH:
+        abort(400, description=f"the JSON body nests deeper than {MAX_JSON_DEPTH} levels; send a flat object "
+                               'like {"prompt": "..."}')
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        abort(400, description=f"the body is not valid JSON ({str(exc)[:80]})")
+    if not isinstance(data, dict):
+        abort(400, description='send a JSON object like {"prompt": "..."}')
+    return data
+
+
+def csrf_token() -> str:
+    return generate_csrf()
 
 
 # -- errors -------------------------------------------------------------------
@@ -101,18 +187,18 @@ def _retry_after_seconds() -> int | None:
     lim = state().limiter.current_limit
     if lim is None:
         return None
-    import math
-    import time
-
     return max(1, math.ceil(lim.reset_at - time.time()))
 
 
 def _handle_http_error(exc: HTTPException) -> Any:
     code = exc.code or 500
     message = exc.description or exc.name
-    retry = _retry_after_seconds() if code == 429 else None
-    if code == 429:
-        message = f"Too many prompts from this phone (limit: {message})."
+    retry = getattr(exc, "retry_after", None) or (_retry_after_seconds() if code == 429 else None)
+    if isinstance(exc, CSRFError):
+        message = CSRF_MESSAGE
+    elif code == 429 and not getattr(exc, "retry_after", None):
+        what = "logins from this address" if request.endpoint == "staff.login" else "prompts from this phone"
+        message = f"Too many {what} (limit: {message})."
     if wants_json():
         body: dict[str, Any] = {"error": message, "status": code}
         if retry:
@@ -142,12 +228,22 @@ def create_app(cfg: ShowConfig, store: Store | None = None, *, testing: bool = F
         SESSION_COOKIE_SAMESITE="Lax", MAX_CONTENT_LENGTH=64 * 1024, JSON_SORT_KEYS=False,
         RATELIMIT_STORAGE_URI="memory://", RATELIMIT_HEADERS_ENABLED=True,
         SEND_FILE_MAX_AGE_DEFAULT=3600, KIOSK_PAGE_SIZE=24, KIOSK_POLL_MS=2000,
+        WTF_CSRF_TIME_LIMIT=None, WTF_CSRF_FIELD_NAME=CSRF_FIELD,
+        KIOSK_LOGIN_LIMIT="10 per minute", KIOSK_EXPORT_PROCESSES=1,
     )
     if config_file is not None:
         app.config.from_pyfile(str(config_file))
     limiter = Limiter(get_remote_address, app=app, storage_uri=app.config["RATELIMIT_STORAGE_URI"],
                       default_limits=[], headers_enabled=True)
-    app.extensions["kiosk"] = WebState(cfg=cfg, base_store=store, exhibits=exhibits, limiter=limiter)
+    from exhibits.show import piece_url
+
+    app.extensions["kiosk"] = WebState(
+        cfg=cfg, base_store=store, exhibits=exhibits, limiter=limiter,
+        passwords=PasswordSource(cfg.config_path, cfg.staff_password_hash, cfg.staff_password),
+        login_throttle=LoginThrottle(), moderator=Moderator(cfg.blocked_words),
+        exports=ExportQueue(store.root, processes=app.config["KIOSK_EXPORT_PROCESSES"],
+                            cache_bytes=cfg.export_cache_mb << 20, url_for_piece=lambda pid: piece_url(cfg, pid)))
+    app.url_map.converters["id"] = IdConverter
 
     from kiosk.web import public, staff
 
@@ -158,13 +254,18 @@ def create_app(cfg: ShowConfig, store: Store | None = None, *, testing: bool = F
                                          deduct_when=lambda resp: resp.status_code < 400)
     for endpoint in ("public.submit", "public.api_submit"):
         app.view_functions[endpoint] = submit_limit(app.view_functions[endpoint])
-    login_limit = limiter.limit("10 per minute", methods=["POST"])
+    # Failed logins per address; the global budget across addresses is staff.login's LoginThrottle.
+    login_limit = limiter.limit(lambda: app.config["KIOSK_LOGIN_LIMIT"], methods=["POST"],
+                                deduct_when=lambda resp: resp.status_code == 401)
     app.view_functions["staff.login"] = login_limit(app.view_functions["staff.login"])
 
-    app.before_request(check_csrf)
+    # Encoding first, so an undecodable form is called undecodable rather than expired.
+    app.before_request(check_body_encoding)
+    CSRFProtect(app)  # every POST, whatever its content type: form field or X-CSRFToken header
     app.register_error_handler(HTTPException, _handle_http_error)
     app.jinja_env.globals.update(csrf_token=csrf_token, csrf_field=CSRF_FIELD, show=cfg)
     app.jinja_env.filters["label"] = lambda p: p.label or p.generator
+    app.wsgi_app = wrap_proxies(app.wsgi_app, cfg.trusted_proxies)  # type: ignore[method-assign]
 
     @app.after_request
     def _headers(resp: Any) -> Any:
@@ -179,11 +280,35 @@ def create_app(cfg: ShowConfig, store: Store | None = None, *, testing: bool = F
     return app
 
 
+def make_server(app: Flask, host: str, port: int, *, threads: int = 6) -> Any:
+    """A waitress server for ``app`` that stays responsive to slow and idle clients: idle connections close
+    after 30 s, and one address may hold at most ``max_connections_per_address`` of them (the trusted proxies
+    excepted: their own ``limit_conn`` does that job)."""
+    from waitress.channel import HTTPChannel
+    from waitress.server import BaseWSGIServer, create_server
+
+    cfg: ShowConfig = app.extensions["kiosk"].cfg
+    sockets: dict = {}
+    srv = create_server(app, map=sockets, host=host, port=port, threads=threads, ident="kiosk",
+                        channel_timeout=30, connection_limit=1000, cleanup_interval=10,
+                        outbuf_overflow=4 << 20, asyncore_use_poll=True)
+    exempt = cfg.trusted_proxies if isinstance(cfg.trusted_proxies, tuple) else \
+        (("127.0.0.1", "::1") if cfg.trusted_proxies else ())
+    channel = capped_channel_class(HTTPChannel, cfg.max_connections_per_address, exempt)
+    for s in list(sockets.values()):
+        if isinstance(s, BaseWSGIServer):
+            s.channel_class = channel
+    return srv
+
+
 def serve(cfg: ShowConfig, store: Store | None = None, *, threads: int = 6) -> None:
     """Run the app with waitress on ``cfg.host:cfg.port`` (blocks)."""
-    from waitress import serve as waitress_serve
-
     threads = min(8, max(4, threads))
     app = create_app(cfg, store)
+    app.extensions["kiosk"].exports.start()
+    srv = make_server(app, cfg.host, cfg.port, threads=threads)
     log.info("web app on http://%s:%d (%d threads)", cfg.host, cfg.port, threads)
-    waitress_serve(app, host=cfg.host, port=cfg.port, threads=threads, ident="kiosk")
+    try:
+        srv.run()
+    finally:
+        app.extensions["kiosk"].exports.stop()

@@ -9,17 +9,18 @@ import secrets
 import sqlite3
 import threading
 import time
-import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from flask import (Blueprint, Response, abort, current_app, g, jsonify, redirect, render_template, request,
-                   send_file, session, url_for)
+                   send_file, url_for)
 
+from exhibits.config import Exhibit
 from exhibits.prompts import MAX_VISITOR_CHARS, PromptError, clean_visitor_text
 from exhibits.show import piece_url
 from exhibits.store import Job, Piece, StoreError
-from kiosk.web import get_store, state, visitor_exhibit_names, wants_json
+from kiosk.web import get_store, id_arg, json_body, state, visitor_exhibit_names, wants_json
+from kiosk.web.exports import EXPORTS
 
 log = logging.getLogger(__name__)
 bp = Blueprint("public", __name__)
@@ -28,20 +29,15 @@ VISITOR_COOKIE = "kiosk_visitor"
 _VISITOR_RE = re.compile(r"^[A-Za-z0-9_-]{16,32}$")
 FINISHED = ("done", "failed", "cancelled")
 
-# export kind -> (exporter names to try, file suffix served, download suffix)
-EXPORTS = {
-    "print": (("print",), ".pdf", "print-20cm.pdf"),
-    "ar": (("ar_bundle", "bundle", "ar"), ".zip", "ar-filter.zip"),
-}
-
-
-class ExportUnavailable(RuntimeError):
-    """The exporter cannot run here (the filters package or the exporter is missing)."""
+MAX_REALM_CHARS = 40
+MOODS = ((20, "calm"), (40, "gentle"), (60, "restless"), (80, "strange"), (101, "wild"))
 
 
 # -- helpers ------------------------------------------------------------------
 def is_staff() -> bool:
-    return bool(session.get("staff"))
+    from kiosk.web.staff import is_staff as staff_session
+
+    return staff_session()
 
 
 def _piece_or_404(piece_id: int) -> Piece:
@@ -102,6 +98,38 @@ def visitor_id() -> str:
     return g.visitor_id
 
 
+def _minutes(seconds: float) -> str:
+    if seconds < 60:
+        return "less than a minute"
+    m = round(seconds / 60)
+    return "about a minute" if m <= 1 else f"about {m} minutes"
+
+
+def wait_estimate(job: Job) -> float | None:
+    """Seconds until ``job`` is finished, from the measured render times of recent pieces (None: unknown)."""
+    store = get_store()
+    medians: dict[str, float | None] = {}
+
+    def median(exhibit: str) -> float | None:
+        if exhibit not in medians:
+            medians[exhibit] = store.render_seconds(exhibit)
+        return medians[exhibit]
+
+    if job.status == "running":
+        m = median(job.exhibit)
+        return None if m is None else m * (1 - job.step / job.total if job.total else 0.5)
+    if job.status != "queued":
+        return None
+    total = 0.0
+    for exhibit, step, steps in store.queue_ahead(job.id):
+        m = median(exhibit)
+        if m is None:
+            return None
+        total += m * (1 - step / steps if steps else 1.0)
+    own = median(job.exhibit)
+    return None if own is None else total + own
+
+
 def job_payload(job: Job) -> dict[str, Any]:
     store = get_store()
     data = job.public()
@@ -112,6 +140,9 @@ def job_payload(job: Job) -> dict[str, Any]:
     data["piece_url"] = url_for("public.piece", piece_id=job.piece_id) if job.piece_id else None
     data["thumb_url"] = url_for("public.thumb", piece_id=job.piece_id) if job.piece_id else None
     data["percent"] = int(100 * job.step / job.total) if job.total else (100 if job.status == "done" else 0)
+    wait = wait_estimate(job)
+    data["wait_seconds"] = None if wait is None else round(wait, 1)
+    data["wait_text"] = None if wait is None else f"Ready in {_minutes(wait)}."
     data["message"] = status_message(job, data["position"])
     live = job.status == "running" and job.frame_path
     # the step in the query string makes each new frame a new URL for the phone's <img>
@@ -121,7 +152,8 @@ def job_payload(job: Job) -> dict[str, Any]:
 
 def status_message(job: Job, position: int | None) -> str:
     if job.status == "held":
-        return "Waiting for the staff to approve your prompt."
+        return ("Your prompt is waiting for a member of staff to look at it before it goes on the screen. "
+                "Nothing is lost: keep this page open.")
     if job.status == "queued":
         return "Next in line." if position == 1 else f"Waiting: number {position} in the queue."
     if job.status == "running":
@@ -142,45 +174,65 @@ def now_making() -> dict[str, Any] | None:
             "frame": job.frame_path is not None}
 
 
+def my_jobs(limit: int = 30) -> list[Job]:
+    """This phone's prompts (by its visitor cookie), newest first; none without the cookie."""
+    vid = request.cookies.get(VISITOR_COOKIE, "")
+    return get_store().visitor_jobs(vid, limit) if _VISITOR_RE.match(vid) else []
+
+
+def _image_present(p: Piece) -> bool:
+    try:
+        return get_store().path(p.image_path).is_file()
+    except StoreError:
+        return False
+
+
 # -- pages --------------------------------------------------------------------
 @bp.get("/")
 def index() -> str:
     store = get_store()
     size = current_app.config["KIOSK_PAGE_SIZE"]
-    before = request.args.get("before", type=int)
+    before = id_arg("before")
     pieces = store.recent_pieces(size, before_id=before)
     older = pieces[-1].id if len(pieces) == size else None
+    mine_on_screen = next((j for j in my_jobs(10) if j.status == "running"), None)
     return render_template("home.html", pieces=pieces, older=older, now=now_making(),
-                           queued=store.count_queued())
+                           queued=store.count_queued(), mine_on_screen=mine_on_screen)
 
 
-@bp.get("/p/<int:piece_id>")
+@bp.get("/mine")
+def mine() -> str:
+    jobs = my_jobs()
+    return render_template("mine.html", jobs=jobs, infos={j.id: job_payload(j) for j in jobs})
+
+
+@bp.get("/p/<id:piece_id>")
 def piece(piece_id: int) -> str:
     p = _piece_or_404(piece_id)
     return render_template("piece.html", piece=p, url=piece_url(state().cfg, p.id),
-                           filename=download_name(p))
+                           filename=download_name(p), present=_image_present(p))
 
 
-@bp.get("/p/<int:piece_id>.json")
-@bp.get("/api/piece/<int:piece_id>")
+@bp.get("/p/<id:piece_id>.json")
+@bp.get("/api/piece/<id:piece_id>")
 def piece_json(piece_id: int) -> Response:
     p = _piece_or_404(piece_id)
     return jsonify(p.public())
 
 
-@bp.get("/p/<int:piece_id>/image.png")
+@bp.get("/p/<id:piece_id>/image.png")
 def image(piece_id: int) -> Response:
     p = _piece_or_404(piece_id)
     return _send(p.image_path, etag=p.sha256, mimetype="image/png")
 
 
-@bp.get("/p/<int:piece_id>/download.png")
+@bp.get("/p/<id:piece_id>/download.png")
 def download(piece_id: int) -> Response:
     p = _piece_or_404(piece_id)
     return _send(p.image_path, etag=p.sha256, mimetype="image/png", attachment=download_name(p))
 
 
-@bp.get("/p/<int:piece_id>/thumb.jpg")
+@bp.get("/p/<id:piece_id>/thumb.jpg")
 def thumb(piece_id: int) -> Response:
     p = _piece_or_404(piece_id)
     if not p.thumb_path:
@@ -198,104 +250,82 @@ def now_frame() -> Response:
     return resp
 
 
-@bp.get("/p/<int:piece_id>/print.pdf")
-def print_file(piece_id: int) -> Response:
+# -- exports: made by the export queue, served as plain files ------------------------------
+@bp.get("/p/<id:piece_id>/print.pdf")
+def print_file(piece_id: int) -> Any:
     return _export_response(_piece_or_404(piece_id), "print")
 
 
-@bp.get("/p/<int:piece_id>/ar.zip")
-def ar_pack(piece_id: int) -> Response:
+@bp.get("/p/<id:piece_id>/ar.zip")
+def ar_pack(piece_id: int) -> Any:
     return _export_response(_piece_or_404(piece_id), "ar")
 
 
-def _export_response(p: Piece, kind: str) -> Response:
-    try:
-        path = _export(p, kind)
-    except ExportUnavailable as exc:
-        abort(503, description=str(exc))
-    _, _, name = EXPORTS[kind]
-    rel = str(path.relative_to(get_store().root))
-    return _send(rel, attachment=f"{slug(p.series or p.exhibit)}-{p.id}-{name}")
+@bp.get("/api/piece/<id:piece_id>/export/<kind>")
+def export_status(piece_id: int, kind: str) -> Response:
+    """What the "being prepared" page polls: preparing, ready (with the file's URL) or failed."""
+    p = _piece_or_404(piece_id)
+    if kind not in EXPORTS:
+        abort(404, description=f"there is no export called {kind[:20]!r}; one of {', '.join(EXPORTS)}")
+    status, _ = _export_state(p, kind)
+    resp = jsonify({"piece": p.id, "kind": kind, "status": status, "url": _export_url(p, kind)})
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
-def _export(piece: Piece, kind: str) -> Path:
-    """The file of export ``kind`` for ``piece``, made once by the filters package and cached in the store.
+def _export_url(p: Piece, kind: str) -> str:
+    return url_for("public.print_file" if kind == "print" else "public.ar_pack", piece_id=p.id)
 
-    Cached under ``<store>/exports/<piece_id>/<kind>/``. Raises :class:`ExportUnavailable` when the
-    filters package or the exporter cannot be loaded.
-    """
-    names, suffix, _ = EXPORTS[kind]
-    st = state()
+
+def _export_state(p: Piece, kind: str) -> tuple[str, dict | None]:
+    """("ready", row) | ("preparing", row) | ("failed", row) | ("missing", None); asks for it when needed."""
+    if not _image_present(p):
+        return "missing", None
     store = get_store()
-    out_dir = store.path(f"exports/{piece.id}/{kind}")
-    with st.lock:
-        lock = st.export_locks.setdefault((piece.id, kind), threading.Lock())
-    with lock:
-        cached = sorted(out_dir.glob(f"*{suffix}")) if out_dir.is_dir() else []
-        if cached:
-            return cached[0]
+    row = store.export_row(p.id, kind)
+    if row is not None and row["status"] == "ready":
         try:
-            from filters import registry
-            known = registry.names()
-        except ImportError as exc:
-            raise ExportUnavailable(
-                f"{kind} files are not available on this installation yet (the exporters could not be loaded: {exc})"
-            ) from exc
-        name = next((n for n in names if n in known), None)
-        if name is None:
-            raise ExportUnavailable(f"no {kind} exporter is installed (looked for {', '.join(names)};"
-                                    f" installed: {', '.join(known) or 'none'})")
-        opts = _export_options(kind, registry.exporter_options(name))
-        meta = {**piece.public(), "piece_id": piece.id, "prompts": [list(x) for x in piece.prompts],
-                "params": piece.params, "models": piece.models, "url": piece_url(st.cfg, piece.id)}
-        try:
-            files = registry.export(name, store.path(piece.image_path), meta, out_dir,
-                                    basename=f"piece-{piece.id}", **opts)
-        except registry.ExportError as exc:
-            log.error("export %s of piece %d failed: %s", name, piece.id, exc)
-            raise ExportUnavailable(f"the {kind} file could not be made: {exc}") from exc
-        chosen = sorted((f for f in files if f.suffix == suffix), key=lambda f: (name not in f.stem, f.name))
-        if chosen:
-            for extra in files:
-                if extra != chosen[0]:
-                    extra.unlink(missing_ok=True)  # the cache holds exactly the file that is served
-            return chosen[0]
-        if not files:
-            raise ExportUnavailable(f"the {name} exporter wrote no files")
-        return _zip_files(files, out_dir / f"piece-{piece.id}-{kind}{suffix}")
+            if row["path"] and store.path(row["path"]).is_file():
+                return "ready", row
+        except StoreError:
+            pass
+        store.forget_export(p.id, kind)  # pruned or removed under us: make it again
+        row = None
+    if row is None or row["status"] == "failed":
+        row = store.request_export(p.id, kind)
+    if row["status"] == "failed":
+        return "failed", row
+    state().exports.wake()
+    return "preparing", row
 
 
-AR_FORMATS = ("sparkar", "lensstudio", "effecthouse", "glb")
+def _export_response(p: Piece, kind: str) -> Any:
+    status, row = _export_state(p, kind)
+    _, _, name = EXPORTS[kind]
+    what = "print file" if kind == "print" else "AR filter pack"
+    if status == "missing":
+        abort(404, description="the image file of this piece is missing from the archive, so there is no "
+                               f"{what} to make")
+    if status == "failed":
+        abort(503, description=f"the {what} of this piece could not be made; the staff can see why in the log")
+    if status == "preparing":
+        if wants_json():
+            resp = jsonify({"status": "preparing", "retry_after": 2, "url": _export_url(p, kind),
+                            "message": f"The {what} is being prepared."})
+        else:
+            resp = current_app.make_response(render_template(
+                "preparing.html", piece=p, what=what, kind=kind, url=_export_url(p, kind),
+                api=url_for("public.export_status", piece_id=p.id, kind=kind)))
+        resp.status_code = 202
+        resp.headers["Retry-After"] = "2"
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+    assert row is not None
+    get_store().touch_export(p.id, kind)
+    return _send(row["path"], etag=row["sha256"], attachment=f"{slug(p.series or p.exhibit)}-{p.id}-{name}")
 
 
-def _export_options(kind: str, accepted: dict[str, Any]) -> dict[str, Any]:
-    """Options for the exporter: a 20 x 20 cm print; one AR pack holding every AR format."""
-    opts: dict[str, Any] = {}
-    if kind == "print":
-        if "size_cm" in accepted:
-            opts["size_cm"] = 20.0
-        elif "width_cm" in accepted and "height_cm" in accepted:
-            opts.update(width_cm=20.0, height_cm=20.0)
-    if kind == "ar":
-        if "keep_parts" in accepted:
-            opts["keep_parts"] = False
-        if "formats" in accepted and isinstance(accepted["formats"], (tuple, list)):
-            ar = tuple(f for f in accepted["formats"] if f in AR_FORMATS)
-            if ar:
-                opts["formats"] = ar
-    return opts
-
-
-def _zip_files(files: list[Path], dest: Path) -> Path:
-    from exhibits.files import atomic_path
-
-    with atomic_path(dest) as tmp:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            for f in files:
-                zf.write(f, f.relative_to(dest.parent))
-    return dest
-
-
+# -- prompts ------------------------------------------------------------------------------
 def offered_exhibits() -> list[str]:
     """The visitor's choices, less those the worker reported it cannot run (missing weights)."""
     names = visitor_exhibit_names(state().cfg)
@@ -303,36 +333,99 @@ def offered_exhibits() -> list[str]:
     return [n for n in names if available.get(n, "ok") == "ok"]
 
 
-def _exhibit_choices() -> list[tuple[str, str]]:
+def _exhibit_choices() -> list[Exhibit]:
     st = state()
-    return [(n, st.exhibits[n].title) for n in offered_exhibits()]
+    return [st.exhibits[n] for n in offered_exhibits()]
+
+
+def mood_label(mood: int) -> str:
+    return next(label for upper, label in MOODS if mood < upper)
+
+
+def _form_page(error: str | None = None, values: Mapping[str, Any] | None = None, code: int = 200) -> Any:
+    values = values or {}
+    choices = _exhibit_choices()
+    selected = values.get("exhibit") or (choices[0].name if choices else "")
+    return render_template("submit.html", choices=choices, text=values.get("prompt") or "", error=error,
+                           selected=selected, values=values, max_chars=MAX_VISITOR_CHARS,
+                           max_realm=MAX_REALM_CHARS, moods=MOODS), code
 
 
 @bp.get("/submit")
-def submit_form() -> str:
-    return render_template("submit.html", choices=_exhibit_choices(), text="", error=None,
-                           selected=(offered_exhibits() or [""])[0], max_chars=MAX_VISITOR_CHARS)
+def submit_form() -> Any:
+    return _form_page()
 
 
-def _create_job(text: Any, exhibit_name: Any) -> tuple[Job | None, str | None]:
-    """Validate and queue a visitor's prompt; returns (job, None) or (None, reason)."""
+def _field(data: Mapping[str, Any], key: str) -> str:
+    v = data.get(key)
+    if v is None:
+        return ""
+    if not isinstance(v, str):
+        raise PromptError(f"{key} must be text")
+    return v
+
+
+def _create_job(data: Mapping[str, Any]) -> tuple[Job | None, str | None]:
+    """Validate and queue a visitor's prompt; returns (job, None) or (None, reason).
+
+    ``data``: prompt (free text), exhibit, and for template exhibits (Doorways) realm_left / realm_right
+    or pair (an index into the exhibit's realm pairs), for sigma exhibits mood (0 calm .. 100 wild).
+    """
     from exhibits.playlist import spec_for
 
     st = state()
     allowed = offered_exhibits()
     if not allowed:
         return None, "the renderer cannot make any of this show's exhibits right now; ask the staff"
-    name = exhibit_name or allowed[0]
+    name = data.get("exhibit") or allowed[0]
     if not isinstance(name, str) or name not in allowed:
         return None, f"unknown exhibit {str(name)[:40]!r}; choose one of {', '.join(allowed)}"
+    ex = st.exhibits[name]
+    rng = random.SystemRandom()
     try:
-        clean = clean_visitor_text(text)
-        spec = spec_for(st.exhibits[name], random.SystemRandom(), text=clean)
+        text = _field(data, "prompt")
+        pair, left, right, mood_raw = (_field(data, k).strip() for k in ("pair", "realm_left", "realm_right", "mood"))
+        realms: tuple[str, ...] = ()
+        if ex.template and pair:
+            sets = ex.all_sets()
+            if not pair.isascii() or not pair.isdigit() or not 0 <= int(pair) < len(sets):
+                raise PromptError(f"pair must be one of the listed realm pairs (0 to {len(sets) - 1})")
+            realms = sets[int(pair)][1]
+        elif ex.template and (left or right):
+            realms = tuple(clean_visitor_text(v, max_chars=MAX_REALM_CHARS, what=w) for v, w in
+                           ((left, "the first realm"), (right, "the second realm")) if v)
+            if any("|" in r or ":" in r for r in realms):
+                raise PromptError("a realm name cannot contain '|' or ':'; write just the realm, like 'Ocean'")
+        mood = None
+        if ex.sigma is not None and mood_raw:
+            if not mood_raw.isascii() or not mood_raw.isdigit() or not 0 <= int(mood_raw) <= 100:
+                raise PromptError("mood must be a whole number from 0 (calm) to 100 (wild)")
+            mood = int(mood_raw)
+        if realms:
+            spec = spec_for(ex, rng, realms=realms)
+            check_text = " ".join(realms)
+        elif text.strip() or mood is None:
+            clean = clean_visitor_text(text)
+            spec = spec_for(ex, rng, text=clean)
+            check_text = clean
+        else:
+            spec = spec_for(ex, rng)
+            spec = type(spec)(spec.exhibit, spec.prompts, f"Mood: {mood_label(mood)}", spec.seed, spec.params)
+            check_text = ""
     except PromptError as exc:
         return None, str(exc)
+    params = dict(spec.params)
+    if mood is not None and ex.sigma is not None:
+        lo, hi = ex.sigma
+        params["sigma"] = round(lo + (hi - lo) * mood / 100, 4)
+        params["mood"] = mood
+    verdict = st.moderator.check(check_text) if check_text else None
+    flagged = bool(verdict and verdict.held)
     job = get_store().submit(spec.exhibit, prompts=spec.prompts, prompt_text=spec.prompt_text, seed=spec.seed,
-                             params=spec.params, source="visitor", held=st.cfg.moderate_prompts,
-                             visitor=visitor_id())
+                             params=params, source="visitor", held=st.cfg.moderate_prompts or flagged,
+                             visitor=visitor_id(), held_reason=verdict.reason if flagged else None)
+    if flagged:
+        log.info("job %d held for the staff: %s", job.id, verdict.reason)
     return job, None
 
 
@@ -344,14 +437,11 @@ def _with_visitor_cookie(resp: Response) -> Response:
 
 @bp.post("/submit")
 def submit() -> Any:
-    text = request.form.get("prompt")
-    exhibit_name = request.form.get("exhibit")
-    job, error = _create_job(text, exhibit_name)
+    job, error = _create_job(request.form)
     if error is not None:
         if wants_json():
-            return jsonify({"error": error, "field": "prompt" if "exhibit" not in error else "exhibit"}), 400
-        return render_template("submit.html", choices=_exhibit_choices(), text=text or "", error=error,
-                               selected=exhibit_name, max_chars=MAX_VISITOR_CHARS), 400
+            return jsonify({"error": error, "field": "exhibit" if "exhibit" in error else "prompt"}), 400
+        return _form_page(error, request.form, 400)
     assert job is not None
     if wants_json():
         resp = jsonify(job_payload(job) | {"status_url": url_for("public.job", token=job.token)})
@@ -363,18 +453,26 @@ def submit() -> Any:
 
 @bp.post("/api/submit")
 def api_submit() -> Any:
-    data = request.get_json(silent=True) if request.is_json else None
-    if data is None:
-        data = request.form
-    if not hasattr(data, "get"):
-        return jsonify({"error": "send a JSON object like {\"prompt\": \"...\"}"}), 400
-    job, error = _create_job(data.get("prompt"), data.get("exhibit"))
+    """JSON ``{"prompt": ..., "exhibit": ...}`` with the CSRF token in the X-CSRFToken header (from
+    GET /api/session), or the same fields as a form."""
+    data: Mapping[str, Any] = json_body() if request.is_json else request.form
+    job, error = _create_job(data)
     if error is not None:
         return jsonify({"error": error}), 400
     assert job is not None
     resp = jsonify(job_payload(job) | {"status_url": url_for("public.job", token=job.token)})
     resp.status_code = 201
     return _with_visitor_cookie(resp)
+
+
+@bp.get("/api/session")
+def api_session() -> Response:
+    """The CSRF token a script sends back in the X-CSRFToken header of its POSTs."""
+    from kiosk.web import csrf_token
+
+    resp = jsonify({"csrf_token": csrf_token()})
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 def _job_or_404(token: str) -> Job:

@@ -6,8 +6,20 @@
   var api = box.dataset.api, every = parseInt(box.dataset.poll, 10) || 2000;
   var $ = function (id) { return document.getElementById(id); };
 
+  var wasRunning = box.querySelector("#status").dataset.status === "running";
+
   function show(data) {
     var status = $("status");
+    if (data.status === "running" && !wasRunning) {
+      // the moment the piece reaches the screen: tell the visitor to look up
+      $("onscreen").hidden = false;
+      document.title = "On screen now! · " + document.title;
+      if (navigator.vibrate) navigator.vibrate([120, 60, 120]);
+    }
+    wasRunning = data.status === "running";
+    $("onscreen").hidden = data.status !== "running";
+    $("wait").textContent = data.wait_text || "";
+    $("wait").hidden = !data.wait_text;
     status.textContent = data.message;
     status.className = "status status-" + data.status;
     status.dataset.status = data.status;
