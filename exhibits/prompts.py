@@ -79,7 +79,7 @@ def _char_problem(c: str) -> str | None:
     if cat == "Cc":
         return None if c in "\t\n\r" else "a control character"
     if cat == "Cs":
-        return "a lone surrogate (broken text encoding)"
+        return "a lone surrogate"
     if cat == "Co":
         return "a private-use character"
     if cat == "Cf" and cp not in _ALLOWED_FORMAT:

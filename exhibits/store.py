@@ -726,13 +726,14 @@ class Store:
             c.execute("DELETE FROM exports WHERE piece_id=? AND kind=?", (piece_id, kind))
 
     def exports_to_prune(self, max_bytes: int) -> list[dict]:
-        """Ready exports beyond ``max_bytes`` in total, least recently downloaded first."""
+        """Ready exports beyond ``max_bytes`` in total, least recently downloaded first (the most recent one is
+        always kept, even when it alone is larger than the bound: it is the one a phone is waiting for)."""
         rows = [dict(r) for r in self.conn.execute(
             "SELECT * FROM exports WHERE status='ready' ORDER BY accessed_at DESC, finished_at DESC")]
         total, out = 0, []
-        for r in rows:
+        for i, r in enumerate(rows):
             total += r["size"]
-            if total > max_bytes:
+            if total > max_bytes and i > 0:
                 out.append(r)
         return out[::-1]
 

@@ -21,7 +21,7 @@ import logging
 import os
 import threading
 import zipfile
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +176,7 @@ class ExportQueue:
         running: dict[Future, tuple[int, str]] = {}
         try:
             while not self._stop.is_set():
+                self._wake.clear()
                 while len(running) < self.processes:
                     row = store.claim_export()
                     if row is None:
@@ -186,12 +187,9 @@ class ExportQueue:
                     running[fut] = key
                 if not running:
                     self._wake.wait(5.0)
-                    self._wake.clear()
                     continue
-                done = [f for f in running if f.done()]
-                if not done:
-                    self._wake.wait(0.05)
-                    continue
+                finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_COMPLETED)
+                done = list(finished)
                 for fut in done:
                     pid, kind = running.pop(fut)
                     try:
@@ -217,7 +215,7 @@ class ExportQueue:
             if row["path"]:
                 try:
                     store.path(row["path"]).unlink(missing_ok=True)
-                except (OSError, ValueError) as exc:
+                except (OSError, RuntimeError) as exc:
                     log.warning("could not remove cached export %s: %s", row["path"], exc)
                     continue
             store.forget_export(row["piece_id"], row["kind"])
