@@ -291,7 +291,10 @@ def make_server(app: Flask, host: str, port: int, *, threads: int = 6) -> Any:
     sockets: dict = {}
     srv = create_server(app, map=sockets, host=host, port=port, threads=threads, ident="kiosk",
                         channel_timeout=30, connection_limit=1000, cleanup_interval=10,
-                        outbuf_overflow=4 << 20, asyncore_use_poll=True)
+                        outbuf_overflow=4 << 20, asyncore_use_poll=True,
+                        # waitress drops X-Forwarded-* unless told otherwise; with trusted_proxies set, the app's
+                        # own middleware decides whom to believe (see kiosk.web.security.wrap_proxies)
+                        clear_untrusted_proxy_headers=not cfg.trusted_proxies)
     exempt = cfg.trusted_proxies if isinstance(cfg.trusted_proxies, tuple) else \
         (("127.0.0.1", "::1") if cfg.trusted_proxies else ())
     channel = capped_channel_class(HTTPChannel, cfg.max_connections_per_address, exempt)

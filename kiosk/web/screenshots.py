@@ -63,10 +63,11 @@ SAMPLE_PROMPTS = ("a doorway to the ocean realm", "strange attractor in brass an
 
 @contextmanager
 def live_server(app: Any, threads: int = 4) -> Iterator[str]:
-    """Serve ``app`` with waitress on 127.0.0.1 on a free port in a thread; yields the base URL."""
-    from waitress.server import create_server
+    """Serve ``app`` on 127.0.0.1 on a free port in a thread, as ``kiosk web`` does (waitress with its time-outs
+    and per-address caps); yields the base URL."""
+    from kiosk.web import make_server
 
-    srv = create_server(app, host="127.0.0.1", port=0, threads=threads, ident="kiosk-test")
+    srv = make_server(app, "127.0.0.1", 0, threads=threads)
     t = threading.Thread(target=srv.run, name="waitress", daemon=True)
     t.start()
     try:
@@ -74,6 +75,69 @@ def live_server(app: Any, threads: int = 4) -> Iterator[str]:
     finally:
         srv.close()
         t.join(timeout=5)
+
+
+class Phone:
+    """A minimal HTTP client with its own source address (127.0.x.y) and cookie jar: one visitor's phone."""
+
+    def __init__(self, base: str, source: str = "127.0.0.1", timeout: float = 15.0):
+        from urllib.parse import urlsplit
+
+        u = urlsplit(base)
+        self.host, self.port, self.source, self.timeout = u.hostname, u.port, source, timeout
+        self.cookies: dict[str, str] = {}
+        self.conn: Any = None
+
+    def _connect(self) -> Any:
+        import http.client
+
+        if self.conn is None:
+            self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout,
+                                                   source_address=(self.source, 0))
+        return self.conn
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        import http.client
+
+        h = dict(headers or {})
+        if self.cookies:
+            h["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        for attempt in (0, 1):
+            conn = self._connect()
+            try:
+                conn.request(method, path, body=body, headers=h)
+                resp = conn.getresponse()
+                data = resp.read()
+                break
+            except (http.client.HTTPException, ConnectionError):
+                self.close()
+                if attempt:
+                    raise
+        for value in resp.headers.get_all("Set-Cookie") or []:
+            name, _, rest = value.partition("=")
+            self.cookies[name.strip()] = rest.split(";", 1)[0]
+        if resp.headers.get("Connection", "").lower() == "close":
+            self.close()
+        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, data
+
+    def get(self, path: str, **headers: str) -> tuple[int, dict[str, str], bytes]:
+        return self.request("GET", path, headers=headers)
+
+    def submit(self, prompt: str, exhibit: str | None = None, **headers: str) -> tuple[int, dict[str, str], bytes]:
+        """POST /api/submit as the page's script would (CSRF token from /api/session)."""
+        import json
+
+        if "csrf" not in self.__dict__:
+            self.csrf = json.loads(self.get("/api/session")[2])["csrf_token"]
+        payload = {"prompt": prompt} | ({"exhibit": exhibit} if exhibit else {})
+        return self.request("POST", "/api/submit", json.dumps(payload).encode(),
+                            {"Content-Type": "application/json", "X-CSRFToken": self.csrf, **headers})
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 @contextmanager
