@@ -88,6 +88,14 @@ class Moderator:
         for word in sorted(self.single):
             if word in variants:
                 return Verdict(True, f"matched {self.single[word]}: {word!r}")
+        # masked letters: "f*ck", "sh#t"
+        for masked in re.findall(r"\w*[*#]+\w*", _fold(text).translate(_LEET)):
+            if not masked.strip("*#"):
+                continue
+            pattern = re.compile("".join("\\w?" if ch in "*#" else re.escape(ch) for ch in masked))
+            hit = next((w for w in sorted(self.single) if len(w) >= 3 and pattern.fullmatch(w)), None)
+            if hit:
+                return Verdict(True, f"matched {self.single[hit]}: {hit!r} (written {masked!r})")
         if self.phrases:
             squeezed = " ".join(_squeeze(w) for w in re.split(r"[^\w]+", _fold(text).translate(_LEET)) if w)
             for phrase, source in self.phrases:
