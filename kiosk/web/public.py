@@ -101,7 +101,7 @@ def visitor_id() -> str:
 def _minutes(seconds: float) -> str:
     if seconds < 60:
         return "less than a minute"
-    m = round(seconds / 60)
+    m = int(seconds / 60 + 0.5)
     return "about a minute" if m <= 1 else f"about {m} minutes"
 
 

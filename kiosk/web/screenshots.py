@@ -182,7 +182,8 @@ def take(out_dir: str | os.PathLike, work: str | os.PathLike | None = None,
         live.resize((512, 256)).save(buf, format="JPEG")
         store.publish_frame(running.id, "sample", buf.getvalue(), step=37, total=120)
         store.worker_beat("sample", state="rendering", message="job %d" % running.id, device="cpu")
-        cfg = ShowConfig(data_dir=root / "store", exhibits=("demo", "doorways"), prompt_rate_limit="100 per minute")
+        cfg = ShowConfig(data_dir=root / "store", exhibits=("demo", "doorways"), prompt_rate_limit="100 per minute",
+                         staff_local_only=True)
         app = create_app(cfg, store)
         written = []
         with live_server(app) as base, chromium(**PHONE) as ctx:
