@@ -129,7 +129,8 @@ class Phone:
         import json
 
         if "csrf" not in self.__dict__:
-            self.csrf = json.loads(self.get("/api/session")[2])["csrf_token"]
+            code, _, body = self.get("/api/session")
+            self.csrf = json.loads(body)["csrf_token"] if code == 200 else ""
         payload = {"prompt": prompt} | ({"exhibit": exhibit} if exhibit else {})
         return self.request("POST", "/api/submit", json.dumps(payload).encode(),
                             {"Content-Type": "application/json", "X-CSRFToken": self.csrf, **headers})
