@@ -361,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     _setup_logging(args.verbose)
+    if args.command == "staff-password" and args.config is not None and not args.config.exists():
+        args.config.touch(mode=0o600)  # a first kiosk.toml holding only the password hash
     try:
         cfg = show_config(args)
         return COMMANDS[args.command](args, cfg)

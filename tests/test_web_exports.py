@@ -83,3 +83,12 @@ def test_a_failed_export_is_503_without_server_paths(web):
     row = store.export_row(p.id, "print")
     assert row["status"] == "failed" and row["error"]  # the reason is kept for the staff
     assert c.get(f"/api/piece/{p.id}/export/print").get_json()["status"] == "failed"
+
+
+def test_glb_models_come_through_the_same_queue(web):
+    app, c, store, pieces = web
+    p = pieces[0]
+    assert c.get(f"/p/{p.id}/model.glb").status_code == 202
+    r = wait_export(c, f"/p/{p.id}/model.glb")
+    assert r.status_code == 200 and r.data[:4] == b"glTF" and r.headers["ETag"]
+    assert r.headers["Content-Disposition"].endswith("-model.glb")

@@ -1,4 +1,4 @@
-"""Print PDFs and AR packs made off the request threads, served as plain files.
+"""Print PDFs, AR packs and GLB models made off the request threads, served as plain files.
 
 A download request only reads or inserts one row of the store's ``exports`` table
 (``pending`` -> ``running`` -> ``ready`` | ``failed``) and answers at once: the file
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 EXPORTS = {
     "print": (("print",), ".pdf", "print-20cm.pdf"),
     "ar": (("ar_bundle", "bundle", "ar"), ".zip", "ar-filter.zip"),
+    "glb": (("glb",), ".glb", "model.glb"),
 }
 AR_FORMATS = ("sparkar", "lensstudio", "effecthouse", "glb")
 

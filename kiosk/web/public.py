@@ -261,6 +261,16 @@ def ar_pack(piece_id: int) -> Any:
     return _export_response(_piece_or_404(piece_id), "ar")
 
 
+@bp.get("/p/<id:piece_id>/model.glb")
+def glb_model(piece_id: int) -> Any:
+    """The piece as a framed 3D panel (glTF binary), for AR viewers."""
+    return _export_response(_piece_or_404(piece_id), "glb")
+
+
+_EXPORT_ENDPOINTS = {"print": "public.print_file", "ar": "public.ar_pack", "glb": "public.glb_model"}
+_EXPORT_WHAT = {"print": "print file", "ar": "AR filter pack", "glb": "3D model"}
+
+
 @bp.get("/api/piece/<id:piece_id>/export/<kind>")
 def export_status(piece_id: int, kind: str) -> Response:
     """What the "being prepared" page polls: preparing, ready (with the file's URL) or failed."""
@@ -274,7 +284,7 @@ def export_status(piece_id: int, kind: str) -> Response:
 
 
 def _export_url(p: Piece, kind: str) -> str:
-    return url_for("public.print_file" if kind == "print" else "public.ar_pack", piece_id=p.id)
+    return url_for(_EXPORT_ENDPOINTS[kind], piece_id=p.id)
 
 
 def _export_state(p: Piece, kind: str) -> tuple[str, dict | None]:
@@ -302,7 +312,7 @@ def _export_state(p: Piece, kind: str) -> tuple[str, dict | None]:
 def _export_response(p: Piece, kind: str) -> Any:
     status, row = _export_state(p, kind)
     _, _, name = EXPORTS[kind]
-    what = "print file" if kind == "print" else "AR filter pack"
+    what = _EXPORT_WHAT[kind]
     if status == "missing":
         abort(404, description="the image file of this piece is missing from the archive, so there is no "
                                f"{what} to make")
