@@ -182,6 +182,19 @@ def _accepted(store, responses):
             assert r.headers["Location"].rsplit("/", 1)[1] in tokens
 
 
+def _fuzz_posts(strategy, send, root: str, responses: list) -> None:
+    """Send what ``strategy`` draws with ``send``; every answer is checked and kept."""
+
+    @FUZZ
+    @given(strategy)
+    def run(value):
+        r = send(value)
+        _check(r, repr(value), root)
+        responses.append(r)
+
+    run()
+
+
 def test_fuzz_the_prompt_form(fuzz_app):
     app, store = fuzz_app
     c = app.test_client()
@@ -189,14 +202,8 @@ def test_fuzz_the_prompt_form(fuzz_app):
     root = str(store.root.resolve())
     responses = []
 
-    @FUZZ
-    @given(st.dictionaries(st.sampled_from(FIELDS), texts, max_size=6))
-    def run(form):
-        r = c.post("/submit", data={**form, "csrf_token": tok})
-        _check(r, repr(form), root)
-        responses.append(r)
-
-    run()
+    _fuzz_posts(st.dictionaries(st.sampled_from(FIELDS), texts, max_size=6),
+                lambda form: c.post("/submit", data={**form, "csrf_token": tok}), root, responses)
     _accepted(store, responses)
 
 
@@ -207,23 +214,11 @@ def test_fuzz_the_json_api(fuzz_app):
     root = str(store.root.resolve())
     responses = []
 
-    @FUZZ
-    @given(st.one_of(st.dictionaries(st.sampled_from(FIELDS), values, max_size=6), values))
-    def run(payload):
-        r = c.post("/api/submit", json=payload, headers={"X-CSRFToken": tok})
-        _check(r, repr(payload), root)
-        responses.append(r)
-
-    run()
-
-    @FUZZ
-    @given(st.binary(max_size=300))
-    def raw(body):
-        r = c.post("/api/submit", data=body, content_type="application/json", headers={"X-CSRFToken": tok})
-        _check(r, repr(body), root)
-        responses.append(r)
-
-    raw()
+    _fuzz_posts(st.one_of(st.dictionaries(st.sampled_from(FIELDS), values, max_size=6), values),
+                lambda payload: c.post("/api/submit", json=payload, headers={"X-CSRFToken": tok}), root, responses)
+    _fuzz_posts(st.binary(max_size=300),
+                lambda body: c.post("/api/submit", data=body, content_type="application/json",
+                                    headers={"X-CSRFToken": tok}), root, responses)
     _accepted(store, responses)
 
 
