@@ -4,14 +4,22 @@ All jobs of a batch are written to the store first, with seeds ``seed .. seed+co
 and the sigma drawn from a generator seeded by the batch's own seed, so a batch is
 reproducible from (checkpoint hash, seed, sigma). Running the same command again
 after a crash or Ctrl-C renders only what is missing.
+
+An exhibit with realm sets (Doorways) walks its sets in series order: piece ``i``
+paints set ``i mod len(sets)``, so ``--count`` equal to the number of sets (the
+default) gives one print per realm pair for a zine table. ``--sets`` chooses a
+subset by group name ("Afterlife"), by pair ("Heaven/Hell") or by one realm ("Moon").
 """
 from __future__ import annotations
 
 import logging
 import os
 import random
+import re
 
-from exhibits.config import load_exhibits
+from typing import Sequence
+
+from exhibits.config import Exhibit, load_exhibits
 from exhibits.playlist import spec_for
 from exhibits.show import ShowConfig
 from exhibits.store import Store
@@ -19,18 +27,62 @@ from exhibits.store import Store
 log = logging.getLogger(__name__)
 
 
-def plan_batch(store: Store, cfg: ShowConfig, exhibit: str, *, count: int, seed: int, batch: str,
-               sigma: float | None = None, prompt: str | None = None) -> int:
-    """Queue the batch's missing jobs; returns how many were added."""
+def _norm(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def choose_sets(ex: Exhibit, wanted: Sequence[str] | None = None) -> list[tuple[str, ...]]:
+    """The exhibit's realm sets in series order, or those that ``wanted`` names.
+
+    Each entry of ``wanted`` is a group name, a set written ``A/B`` (or ``A | B``), or
+    one realm (every set containing it). Unknown names raise ``ValueError`` listing
+    what the exhibit has.
+    """
+    everything = ex.all_sets()
+    if not wanted:
+        return [s for _, s in everything]
+    chosen: list[tuple[str, ...]] = []
+    for entry in wanted:
+        key = _norm(entry)
+        parts = tuple(_norm(p) for p in re.split(r"[/|]", entry) if p.strip())
+        hits = [s for g, s in everything if _norm(g) == key] or \
+            [s for _, s in everything if tuple(_norm(r) for r in s) == parts] or \
+            [s for _, s in everything if len(parts) == 1 and parts[0] in (_norm(r) for r in s)]
+        if not hits:
+            groups = sorted({g for g, _ in everything})
+            pairs = ", ".join("/".join(s) for _, s in everything)
+            raise ValueError(f"--sets {entry!r} names no group, set or realm of exhibit {ex.name}; "
+                             f"groups: {', '.join(groups) or '(none)'}; sets: {pairs or '(none)'}")
+        chosen += [s for s in hits if s not in chosen]
+    return chosen
+
+
+def plan_batch(store: Store, cfg: ShowConfig, exhibit: str, *, count: int | None, seed: int, batch: str,
+               sigma: float | None = None, prompt: str | None = None,
+               sets: Sequence[str] | None = None) -> int:
+    """Queue the batch's missing jobs; returns how many were added.
+
+    ``count`` None means one piece per chosen realm set (or one piece for an
+    exhibit without sets).
+    """
+    ex = load_exhibits([exhibit], cfg.exhibit_dirs)[exhibit]
+    if sets and prompt is not None:
+        raise ValueError("--sets and --prompt cannot be used together: a prompt replaces the realm sets")
+    if sets and not ex.all_sets():
+        raise ValueError(f"--sets: exhibit {ex.name} has no realm sets")
+    walk = [] if prompt is not None else choose_sets(ex, sets)
+    if count is None:
+        count = len(walk) or 1
     if count < 1:
         raise ValueError(f"--count must be at least 1, got {count}")
-    ex = load_exhibits([exhibit], cfg.exhibit_dirs)[exhibit]
     existing = {j.params.get("batch_index") for j in store.jobs(source="batch", limit=10**9)
                 if j.params.get("batch") == batch}
     rng = random.Random(seed)
     added = 0
     for i in range(count):
-        spec = spec_for(ex, rng, text=prompt, seed=seed + i)  # rng advances identically on every run
+        realms = walk[i % len(walk)] if walk else None
+        # the rng advances identically on every run, so a rerun plans the same jobs
+        spec = spec_for(ex, rng, realms=realms, text=prompt, seed=seed + i)
         if i in existing:
             continue
         params = {**spec.params, "batch": batch, "batch_index": i}
@@ -77,16 +129,24 @@ def recover_batch(store: Store, batch: str) -> int:
     return recovered
 
 
-def render_batch(cfg: ShowConfig, exhibit: str, *, count: int, seed: int = 0, batch: str | None = None,
-                 sigma: float | None = None, prompt: str | None = None) -> int:
+def default_batch_name(exhibit: str, seed: int, count: int | None, sets: Sequence[str] | None = None) -> str:
+    name = f"{exhibit}-{seed}-{'sets' if count is None else count}"
+    if sets:
+        name += "-" + (re.sub(r"[^a-z0-9]+", "-", "-".join(sets).lower()).strip("-")[:40] or "sets")
+    return name
+
+
+def render_batch(cfg: ShowConfig, exhibit: str, *, count: int | None = 1, seed: int = 0, batch: str | None = None,
+                 sigma: float | None = None, prompt: str | None = None, sets: Sequence[str] | None = None) -> int:
     from tqdm import tqdm
 
     from renderer.worker import Worker
 
-    batch = batch or f"{exhibit}-{seed}-{count}"
+    batch = batch or default_batch_name(exhibit, seed, count, sets)
     store = Store(cfg.data_dir)
     cfg = cfg.with_overrides(exhibits=(exhibit,))
-    added = plan_batch(store, cfg, exhibit, count=count, seed=seed, batch=batch, sigma=sigma, prompt=prompt)
+    added = plan_batch(store, cfg, exhibit, count=count, seed=seed, batch=batch, sigma=sigma, prompt=prompt,
+                       sets=sets)
     recovered = recover_batch(store, batch)
     done, total = batch_progress(store, batch)
     log.info("batch %s: %d of %d done, %d newly queued, %d recovered", batch, done, total, added, recovered)

@@ -72,11 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("render", "batch-render pieces of one exhibit into the archive (resumable)")
     p.add_argument("exhibit", help="exhibit name, e.g. strange-attractions")
-    p.add_argument("--count", type=int, default=1, help="how many pieces")
+    p.add_argument("--count", type=int, help="how many pieces (default: one per realm set, e.g. every Doorways "
+                                             "pair; 1 for an exhibit without sets)")
     p.add_argument("--seed", type=int, default=0, help="first seed; piece i uses seed+i")
     p.add_argument("--batch", help="batch name (default EXHIBIT-SEED-COUNT); the same name resumes")
     p.add_argument("--sigma", type=float, help="fixed sigma instead of the exhibit's range")
     p.add_argument("--prompt", help="prompt text ('a:1 | b:1') instead of the exhibit's own")
+    p.add_argument("--sets", nargs="+", metavar="SET",
+                   help="only these realm sets: a group (Afterlife), a pair (Heaven/Hell) or a realm (Moon)")
 
     p = add("exhibits", "list the exhibits, or check exhibit files")
     p.add_argument("--check", nargs="+", type=Path, metavar="FILE", help="validate these TOML files")
@@ -214,7 +217,7 @@ def cmd_render(args: argparse.Namespace, cfg: ShowConfig) -> int:
     from kiosk.batch import render_batch
 
     return render_batch(cfg, args.exhibit.replace("_", "-"), count=args.count, seed=args.seed, batch=args.batch,
-                        sigma=args.sigma, prompt=args.prompt)
+                        sigma=args.sigma, prompt=args.prompt, sets=args.sets)
 
 
 def cmd_exhibits(args: argparse.Namespace, cfg: ShowConfig) -> int:
