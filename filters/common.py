@@ -1,4 +1,8 @@
-"""Shared pieces of the exporters: loading and checking the piece, captions, resizing, encoders."""
+"""Shared pieces of the exporters: loading and checking the piece, captions, resizing, encoders.
+
+Every raster the exporters write (PNG, JPEG, TIFF, textures) carries the sRGB ICC
+profile, so a print shop's RIP and a phone both know what the numbers mean.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -6,6 +10,7 @@ import io
 import json
 import math
 import zipfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -57,6 +62,23 @@ def choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
     return value
 
 
+@lru_cache(maxsize=1)
+def srgb_icc() -> bytes:
+    """The sRGB IEC 61966-2.1 ICC profile (LittleCMS's built-in, version 4) as bytes."""
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def fmt_number(value: Any, digits: int = 2) -> str:
+    """Numbers as the phone's piece page shows them: sigma 1.9995 -> "2.00"; integers stay integers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
 def prompt_text(prompt: Any) -> str:
     """Prompts as the ``text:weight | text`` syntax, whatever shape the metadata holds them in."""
     if prompt is None:
@@ -85,7 +107,7 @@ def caption_lines(meta: Mapping[str, Any]) -> list[str]:
     if meta.get("seed") is not None:
         facts.append(f"seed {meta['seed']}")
     if meta.get("sigma") is not None:
-        facts.append(f"sigma {meta['sigma']}")
+        facts.append(f"sigma {fmt_number(meta['sigma'])}")
     gen = meta.get("label") or meta.get("generator")
     if gen:
         facts.append(str(gen))
@@ -113,23 +135,24 @@ def center_square(image: Any) -> Any:
     return image.crop((left, top, left + side, top + side))
 
 
+def center_crop_aspect(image: Any, width: int, height: int) -> Any:
+    """The largest centred crop of ``image`` with the aspect ratio ``width`` : ``height`` (no resampling)."""
+    w, h = image.size
+    if w * height > h * width:  # too wide
+        cw, ch = max(1, round(h * width / height)), h
+    else:
+        cw, ch = w, max(1, round(w * height / width))
+    if (cw, ch) == (w, h):
+        return image
+    left, top = (w - cw) // 2, (h - ch) // 2
+    return image.crop((left, top, left + cw, top + ch))
+
+
 def square_texture(image: Any, size: int) -> Any:
     """Centre-crop to a square, then Lanczos-resize to ``size`` x ``size``."""
     from PIL import Image
 
     return center_square(image).resize((size, size), Image.Resampling.LANCZOS)
-
-
-def cover(image: Any, width: int, height: int) -> Any:
-    """Scale (Lanczos) and centre-crop so the image exactly covers ``width`` x ``height``."""
-    from PIL import Image
-
-    w, h = image.size
-    scale = max(width / w, height / h)
-    sw, sh = max(width, round(w * scale)), max(height, round(h * scale))
-    resized = image.resize((sw, sh), Image.Resampling.LANCZOS)
-    left, top = (sw - width) // 2, (sh - height) // 2
-    return resized.crop((left, top, left + width, top + height))
 
 
 def png_bytes(image: Any, meta: Mapping[str, Any] | None = None, dpi: float | None = None,
@@ -140,7 +163,7 @@ def png_bytes(image: Any, meta: Mapping[str, Any] | None = None, dpi: float | No
     info = PngImagePlugin.PngInfo()
     if meta:
         info.add_itxt(PNG_META_KEY, json.dumps(dict(meta), sort_keys=True, default=str))
-    kw: dict[str, Any] = {"pnginfo": info, "compress_level": compress_level}
+    kw: dict[str, Any] = {"pnginfo": info, "compress_level": compress_level, "icc_profile": srgb_icc()}
     if dpi:
         kw["dpi"] = (dpi, dpi)
     buf = io.BytesIO()
@@ -150,7 +173,20 @@ def png_bytes(image: Any, meta: Mapping[str, Any] | None = None, dpi: float | No
 
 def jpeg_bytes(image: Any, quality: int = 90) -> bytes:
     buf = io.BytesIO()
-    image.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+    image.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, icc_profile=srgb_icc())
+    return buf.getvalue()
+
+
+def tiff_bytes(image: Any, meta: Mapping[str, Any] | None, dpi: float) -> bytes:
+    """LZW-compressed RGB TIFF with resolution in inches, the sRGB profile and the metadata as its description."""
+    from PIL import TiffImagePlugin
+
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    if meta:
+        info[270] = json.dumps(dict(meta), sort_keys=True, default=str)  # ImageDescription
+    info[305] = "kiosk filters"  # Software
+    buf = io.BytesIO()
+    image.save(buf, format="TIFF", dpi=(dpi, dpi), compression="tiff_lzw", tiffinfo=info, icc_profile=srgb_icc())
     return buf.getvalue()
 
 
@@ -160,7 +196,7 @@ def sha256(data: bytes) -> str:
 
 def write_zip(dest: Path, members: Iterable[tuple[str, bytes]]) -> Path:
     """Write a zip atomically; already-compressed members (PNG, JPEG, PDF, zip, GLB) are stored."""
-    stored = (".png", ".jpg", ".jpeg", ".pdf", ".zip", ".glb", ".tif", ".tiff")
+    stored = (".png", ".jpg", ".jpeg", ".pdf", ".zip", ".glb", ".usdz", ".tif", ".tiff")
     with atomic_path(dest) as tmp:
         with zipfile.ZipFile(tmp, "w") as zf:
             for arcname, data in members:

@@ -287,9 +287,10 @@ def cmd_export(args: argparse.Namespace, cfg: ShowConfig) -> int:
     if not pieces:
         print("nothing to export: no piece ids given and no piece is curated 'keep'", file=sys.stderr)
         return 1
+    opts = {"weights_dir": str(cfg.weights)} if "weights_dir" in registry.exporter_options(args.kind) else {}
     for piece in pieces:
         meta = {**piece.public(), "params": piece.params, "models": piece.models}
-        out = registry.export(args.kind, store.path(piece.image_path), meta, args.out / f"piece-{piece.id}")
+        out = registry.export(args.kind, store.path(piece.image_path), meta, args.out / f"piece-{piece.id}", **opts)
         for path in out:
             print(path)
     return 0

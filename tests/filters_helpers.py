@@ -37,3 +37,36 @@ def save_piece(path: Path, image: Image.Image | None = None) -> Path:
 def listing(folder: Path) -> list[str]:
     """Every entry under ``folder`` (hidden ones too), relative, sorted."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+def icc_description(icc: bytes | None) -> str:
+    """The description of an embedded ICC profile, read back with Pillow's ImageCms ("" when there is none)."""
+    import io
+
+    from PIL import ImageCms
+
+    if not icc:
+        return ""
+    return ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc))).strip()
+
+
+def image_icc(data_or_path) -> str:
+    """The ICC description of a PNG/JPEG/TIFF file or bytes."""
+    import io
+
+    src = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else data_or_path
+    with Image.open(src) as im:
+        return icc_description(im.info.get("icc_profile"))
+
+
+def pdf_fonts(pdf) -> dict[str, bool]:
+    """Every font a pikepdf document's pages use -> whether its program is embedded."""
+    fonts: dict[str, bool] = {}
+    for page in pdf.pages:
+        for name, font in page.obj.get("/Resources", {}).get("/Font", {}).items():
+            if "/DescendantFonts" in font:
+                font = font.DescendantFonts[0]
+            desc = font.get("/FontDescriptor")
+            fonts[str(font.get("/BaseFont", name))] = desc is not None and any(
+                k in desc for k in ("/FontFile", "/FontFile2", "/FontFile3"))
+    return fonts

@@ -11,7 +11,7 @@ from PIL import Image
 from exhibits.files import read_png_meta
 from filters import ExportError, export
 from filters.printing import MARK_LEN_MM, SLUG_MM, mm_to_pt
-from tests.filters_helpers import META, gradient, listing, save_piece
+from tests.filters_helpers import META, gradient, icc_description, image_icc, listing, pdf_fonts, save_piece
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,7 +37,7 @@ def default_export(tmp_path_factory):
 
 def test_default_pdf_is_20cm_with_bleed_and_marks(default_export):
     out_dir, paths = default_export
-    assert [p.name for p in paths] == ["piece-7_print.pdf", "piece-7_print_300dpi.png"]
+    assert [p.name for p in paths] == ["piece-7_print.pdf", "piece-7_print_300dpi.tif"]
     with pikepdf.open(paths[0]) as pdf:
         art, caption = pdf.pages
         trim, bleed, media = _box(art, "/TrimBox"), _box(art, "/BleedBox"), _box(art, "/MediaBox")
@@ -58,16 +58,17 @@ def test_default_pdf_is_20cm_with_bleed_and_marks(default_export):
             assert math.hypot(x2 - x1, y2 - y1) == pytest.approx(mm_to_pt(MARK_LEN_MM), abs=0.01)
             for x, y in ((x1, y1), (x2, y2)):
                 assert not (bleed[0] < x < bleed[2] and bleed[1] < y < bleed[3])
-        # caption page: trim size, with text drawn
-        assert _box(caption, "/MediaBox")[2] == pytest.approx(CM20_PT, abs=0.01)
+        # caption page: the same media, trim and bleed boxes as the picture, with text drawn
+        for key in ("/MediaBox", "/TrimBox", "/BleedBox"):
+            assert _box(caption, key) == pytest.approx(_box(art, key), abs=1e-3)
         assert any(str(o.operator) in ("Tj", "TJ") for o in pikepdf.parse_content_stream(caption))
         assert str(pdf.docinfo["/Title"]) == "Doorway 7"
         assert str(pdf.docinfo["/Subject"]) == "a doorway into fog | neon:0.5"
 
 
-def test_raster_has_dpi_meta_and_mirrored_bleed(default_export):
-    _, paths = default_export
-    png = paths[1]
+def test_raster_has_dpi_meta_and_mirrored_bleed(tmp_path):
+    piece = save_piece(tmp_path / "in" / "p.png", gradient(300, 200))
+    _, png = export("print", piece, META, tmp_path / "out", raster="png")
     with Image.open(png) as im:
         dpi = im.info["dpi"]
         arr = np.asarray(im.convert("RGB"))
@@ -171,3 +172,76 @@ def test_jpeg_embedding_option(tmp_path):
     with pytest.raises(ExportError, match="'jpeg_quality' must be between 50 and 100"):
         export("print", piece, META, tmp_path / "bad", jpeg_quality=20)
     assert listing(tmp_path / "bad") == []
+
+
+def test_pdf_is_pdfa_with_srgb_intent_embedded_fonts_and_real_dates(default_export):
+    import time
+    from datetime import datetime
+
+    _, paths = default_export
+    with pikepdf.open(paths[0]) as pdf:
+        (intent,) = pdf.Root.OutputIntents
+        assert str(intent.S) == "/GTS_PDFA1" and str(intent.OutputConditionIdentifier) == "sRGB IEC61966-2.1"
+        assert int(intent.DestOutputProfile.N) == 3
+        assert "sRGB" in icc_description(intent.DestOutputProfile.read_bytes())
+        meta = pdf.open_metadata()
+        assert (meta["pdfaid:part"], meta["pdfaid:conformance"]) == ("2", "B")
+        assert meta["dc:title"] == "Doorway 7"
+        fonts = pdf_fonts(pdf)
+        assert fonts and all(fonts.values()), fonts  # no Helvetica by reference: every font program is inside
+        assert pdf.pdf_version >= "1.6" and len(pdf.trailer.ID) == 2
+        created = str(pdf.docinfo.CreationDate)
+        made = datetime.strptime(created[2:16], "%Y%m%d%H%M%S")
+        assert abs(time.time() - made.replace(tzinfo=__import__("datetime").timezone.utc).timestamp()) < 600
+        assert meta["xmp:CreateDate"].startswith(made.strftime("%Y-%m-%dT%H:%M:%S"))
+        assert not str(created).startswith("D:2000")
+        # no DeviceCMYK colour beside an RGB output intent
+        for page in pdf.pages:
+            ops = {str(o.operator) for o in pikepdf.parse_content_stream(page)}
+            assert not ops & {"k", "K"}
+
+
+def test_caption_page_numbers_as_on_the_web_and_honest_resolution(tmp_path):
+    from pypdf import PdfReader
+
+    piece = save_piece(tmp_path / "p.png", gradient(256, 256))
+    (pdf,) = export("print", piece, {**META, "sigma": 1.9995}, tmp_path / "out", size_cm=10, raster="none")
+    text = " ".join(PdfReader(pdf).pages[1].extract_text().split())
+    assert "sigma 2.00" in text and "1.9995" not in text
+    # 256 px over 10 cm: 65 ppi of the piece's own detail, enlarged to 300 ppi, and it says how
+    assert "256 \u00d7 256 px, 65 ppi of real detail" in text
+    assert "Lanczos resampling with sharpening" in text and "4.62\u00d7" in text
+    assert "interpolated" in text
+
+
+def test_every_raster_carries_srgb(tmp_path, default_export):
+    import io
+    import zipfile
+
+    _, paths = default_export
+    assert "sRGB" in image_icc(paths[1])  # the print-shop TIFF
+    with Image.open(paths[1]) as tif:
+        assert tif.info["compression"] == "tiff_lzw" and tif.info["dpi"][0] == pytest.approx(300)
+        assert json_meta(tif)["print"]["upscale"]["source_px"] == [200, 200]
+    piece = save_piece(tmp_path / "p.png")
+    _, png = export("print", piece, META, tmp_path / "png", size_cm=4, raster="png")
+    assert "sRGB" in image_icc(png)
+    (pdf,) = export("print", piece, META, tmp_path / "jpg", size_cm=4, raster="none", jpeg_quality=90)
+    with pikepdf.open(pdf) as doc:
+        (xobj,) = list(doc.pages[0].get_images().values())
+        assert "sRGB" in image_icc(xobj.read_raw_bytes())
+    for tool in ("sparkar", "lensstudio", "effecthouse"):
+        (pack,) = export(tool, piece, META, tmp_path / tool)
+        with zipfile.ZipFile(pack) as zf:
+            textures = [n for n in zf.namelist() if n.startswith("textures/")]
+            assert textures and all("sRGB" in image_icc(zf.read(n)) for n in textures)
+    (glb,) = export("glb", piece, META, tmp_path / "glb", texture_px=64)
+    data = glb.read_bytes()
+    start = data.index(b"\xff\xd8\xff")  # the JPEG texture inside the binary chunk
+    assert "sRGB" in image_icc(io.BytesIO(data[start:]).read())
+
+
+def json_meta(tif) -> dict:
+    import json
+
+    return json.loads(tif.tag_v2[270])
