@@ -1,10 +1,12 @@
-"""GLB for web AR: the piece as the baseColor texture of a flat or gently bent panel (glTF 2.0 binary).
+"""GLB for web AR: the piece as a framed picture at print size, or a gently bent panel (glTF 2.0 binary).
 
-The panel stands upright in the XY plane facing +Z with its bottom edge on y = 0,
-at its print size by default (20 cm wide), which is what ``<model-viewer>`` and
-Scene Viewer / Quick Look expect for wall or floor placement.  The material is
-non-metallic and fully rough, and also marked ``KHR_materials_unlit`` (used, not
-required) so viewers that support it show the piece's colours unshaded.
+The picture stands upright facing +Z, the back of its frame on z = 0 and its bottom
+on y = 0, at its print size by default (20 cm wide inside a 2 cm frame), which is what
+``<model-viewer>`` and Scene Viewer / Quick Look expect for wall or floor placement
+(see ``filters.framed``).  The picture's material is non-metallic and fully rough,
+and also marked ``KHR_materials_unlit`` (used, not required) so viewers that support
+it show the piece's colours unshaded.  ``bend_deg`` > 0 gives the older frameless
+bent panel.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, Mapping
 
 from exhibits.files import atomic_write_bytes
 from filters.common import choice, jpeg_bytes, piece_summary, png_bytes, positive
+from filters.framed import BACK_COLOUR, FRAME_COLOUR, Part, framed_picture
 from filters.registry import ExportError, register_exporter
 
 FLOAT, USHORT = 5126, 5123
@@ -62,35 +65,67 @@ def _pad4(data: bytes) -> bytes:
     return data + b"\0" * (-len(data) % 4)
 
 
-def build_glb(image: Any, meta: Mapping[str, Any], *, width_m: float = 0.2, bend_deg: float = 0.0,
-              segments: int = 16, texture_px: int = 1024, image_format: str = "jpg") -> bytes:
-    import pygltflib as g
-
+def picture_parts(image: Any, *, width_m: float, bend_deg: float, segments: int, frame_cm: float) -> list[Part]:
     w, h = image.size
     height_m = width_m * h / w
-    pos, nrm, uv, idx = panel_mesh(width_m, height_m, bend_deg, segments)
+    if bend_deg > 0:
+        pos, nrm, uv, idx = panel_mesh(width_m, height_m, bend_deg, segments)
+        return [Part("picture", "picture", pos, nrm, uv, idx)]
+    return framed_picture(width_m, height_m, frame=frame_cm / 100, depth=0.02 if frame_cm else 0.004)
+
+
+def _material(g: Any, kind: str) -> Any:
+    if kind == "picture":
+        return g.Material(name="piece", doubleSided=True, extensions={UNLIT: {}},
+                          pbrMetallicRoughness=g.PbrMetallicRoughness(baseColorTexture=g.TextureInfo(index=0),
+                                                                      metallicFactor=0.0, roughnessFactor=1.0))
+    colour = FRAME_COLOUR if kind == "frame" else BACK_COLOUR
+    return g.Material(name=kind, pbrMetallicRoughness=g.PbrMetallicRoughness(
+        baseColorFactor=[*colour, 1.0], metallicFactor=0.0, roughnessFactor=0.7 if kind == "frame" else 0.95))
+
+
+def build_glb(image: Any, meta: Mapping[str, Any], *, width_m: float = 0.2, bend_deg: float = 0.0,
+              segments: int = 16, texture_px: int = 1024, image_format: str = "jpg",
+              frame_cm: float = 2.0) -> bytes:
+    import pygltflib as g
     from PIL import Image
 
+    parts = picture_parts(image, width_m=width_m, bend_deg=bend_deg, segments=segments, frame_cm=frame_cm)
     # Square power-of-two texture (best mipmapping on phones); the UVs undo the stretch.
     tex = image.resize((texture_px, texture_px), Image.Resampling.LANCZOS)
     img_bytes = jpeg_bytes(tex, 90) if image_format == "jpg" else png_bytes(tex, compress_level=9)
     mime = "image/jpeg" if image_format == "jpg" else "image/png"
 
     blob = b""
-    views = []
-    for data, target in ((pos.tobytes(), ARRAY_BUFFER), (nrm.tobytes(), ARRAY_BUFFER),
-                         (uv.tobytes(), ARRAY_BUFFER), (idx.tobytes(), ELEMENT_ARRAY_BUFFER), (img_bytes, None)):
+    views: list[Any] = []
+    accessors: list[Any] = []
+    primitives = []
+    kinds = list(dict.fromkeys(p.material for p in parts))
+
+    def add_view(data: bytes, target: int | None) -> int:
+        nonlocal blob
         views.append(g.BufferView(buffer=0, byteOffset=len(blob), byteLength=len(data), target=target))
         blob += _pad4(data)
+        return len(views) - 1
 
-    accessors = [
-        g.Accessor(bufferView=0, componentType=FLOAT, count=len(pos), type=g.VEC3,
-                   min=pos.min(axis=0).tolist(), max=pos.max(axis=0).tolist()),
-        g.Accessor(bufferView=1, componentType=FLOAT, count=len(nrm), type=g.VEC3),
-        g.Accessor(bufferView=2, componentType=FLOAT, count=len(uv), type=g.VEC2),
-        g.Accessor(bufferView=3, componentType=USHORT, count=len(idx), type=g.SCALAR,
-                   min=[int(idx.min())], max=[int(idx.max())]),
-    ]
+    def add_accessor(arr: Any, kind: str, target: int, bounds: bool = False) -> int:
+        extra = {"min": arr.min(axis=0).tolist(), "max": arr.max(axis=0).tolist()} if bounds else {}
+        accessors.append(g.Accessor(bufferView=add_view(arr.tobytes(), target), componentType=FLOAT,
+                                    count=len(arr), type=kind, **extra))
+        return len(accessors) - 1
+
+    for part in parts:
+        attrs = g.Attributes(POSITION=add_accessor(part.positions, g.VEC3, ARRAY_BUFFER, bounds=True),
+                             NORMAL=add_accessor(part.normals, g.VEC3, ARRAY_BUFFER))
+        if part.material == "picture":  # only the picture samples a texture
+            attrs.TEXCOORD_0 = add_accessor(part.uvs, g.VEC2, ARRAY_BUFFER)
+        accessors.append(g.Accessor(bufferView=add_view(part.indices.tobytes(), ELEMENT_ARRAY_BUFFER),
+                                    componentType=USHORT, count=len(part.indices), type=g.SCALAR,
+                                    min=[int(part.indices.min())], max=[int(part.indices.max())]))
+        primitives.append(g.Primitive(attributes=attrs, indices=len(accessors) - 1,
+                                      material=kinds.index(part.material), mode=4))
+    image_view = add_view(img_bytes, None)
+
     title = str(meta.get("title") or "piece")
     gltf = g.GLTF2(
         asset=g.Asset(version="2.0", generator="kiosk filters.glb", extras={"piece": piece_summary(meta)}),
@@ -98,18 +133,11 @@ def build_glb(image: Any, meta: Mapping[str, Any], *, width_m: float = 0.2, bend
         scene=0,
         scenes=[g.Scene(name=title, nodes=[0])],
         nodes=[g.Node(name=title, mesh=0)],
-        meshes=[g.Mesh(name="panel", primitives=[g.Primitive(
-            attributes=g.Attributes(POSITION=0, NORMAL=1, TEXCOORD_0=2), indices=3, material=0, mode=4)])],
-        materials=[g.Material(
-            name="piece",
-            pbrMetallicRoughness=g.PbrMetallicRoughness(baseColorTexture=g.TextureInfo(index=0),
-                                                        metallicFactor=0.0, roughnessFactor=1.0),
-            doubleSided=True,
-            extensions={UNLIT: {}},
-        )],
+        meshes=[g.Mesh(name="framed picture" if len(parts) > 1 else "panel", primitives=primitives)],
+        materials=[_material(g, k) for k in kinds],
         samplers=[g.Sampler(magFilter=LINEAR, minFilter=LINEAR_MIPMAP_LINEAR, wrapS=CLAMP_TO_EDGE, wrapT=CLAMP_TO_EDGE)],
         textures=[g.Texture(sampler=0, source=0)],
-        images=[g.Image(bufferView=4, mimeType=mime, name=f"{title} texture")],
+        images=[g.Image(bufferView=image_view, mimeType=mime, name=f"{title} texture")],
         accessors=accessors,
         bufferViews=views,
         buffers=[g.Buffer(byteLength=len(blob))],
@@ -125,15 +153,27 @@ def build_glb(image: Any, meta: Mapping[str, Any], *, width_m: float = 0.2, bend
 @register_exporter("glb")
 def export_glb(image: Any, meta: Mapping[str, Any], stage: Path, *, basename: str, width_m: float = 0.2,
                bend_deg: float = 0.0, segments: int = 16, texture_px: int = 1024,
-               image_format: str = "jpg") -> list[Path]:
-    """``<base>.glb``: a textured panel for web AR."""
+               image_format: str = "jpg", frame_cm: float | None = None) -> list[Path]:
+    """``<base>.glb``: the framed picture (``frame_cm``, default 2; 0 for none) or a bent panel, for web AR."""
     positive("width_m", width_m, maximum=100)
     positive("bend_deg", bend_deg, allow_zero=True, maximum=180)
+    frame_cm = check_frame(frame_cm, bend_deg)
     positive("segments", segments, integer=True, maximum=1000)
     positive("texture_px", texture_px, integer=True, maximum=4096)
     if texture_px < 16 or texture_px & (texture_px - 1):
         raise ExportError(f"option 'texture_px' must be a power of two between 16 and 4096, got {texture_px!r}")
     choice("image_format", image_format, ("jpg", "png"))
     data = build_glb(image, meta, width_m=width_m, bend_deg=bend_deg, segments=segments,
-                     texture_px=texture_px, image_format=image_format)
+                     texture_px=texture_px, image_format=image_format, frame_cm=frame_cm)
     return [atomic_write_bytes(stage / f"{basename}.glb", data)]
+
+
+def check_frame(frame_cm: Any, bend_deg: float = 0.0) -> float:
+    """``frame_cm`` checked: None means 2 cm for a flat picture and none for a bent panel."""
+    if frame_cm is None:
+        return 0.0 if bend_deg else 2.0
+    positive("frame_cm", frame_cm, allow_zero=True, maximum=50)
+    if frame_cm and bend_deg:
+        raise ExportError(f"option 'frame_cm' = {frame_cm!r} needs a flat picture; it cannot go with "
+                          f"'bend_deg' = {bend_deg!r}")
+    return float(frame_cm)

@@ -33,3 +33,18 @@ apt_install() {
   $sudo apt-get update -q
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
+npm_install() {
+  # Browser parts the web app serves itself (model-viewer) and, with "dev", the glTF validator the tests use:
+  # from the npm registry into vendor/node_modules, pinned by vendor/package-lock.json. Never a CDN at run time.
+  local mode="${1:-runtime}"
+  local stamp="vendor/node_modules/.installed-$mode"
+  command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  if [ ! -f "$stamp" ] || [ vendor/package-lock.json -nt "$stamp" ]; then
+    if [ "$mode" = dev ]; then
+      npm ci --prefix vendor --no-audit --no-fund --loglevel=error
+    else
+      npm ci --prefix vendor --omit=dev --no-audit --no-fund --loglevel=error
+    fi
+    touch "$stamp"
+  fi
+}

@@ -4,4 +4,5 @@
 #   scripts/demo.sh --windowed      in a window
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 install_requirements requirements.txt
+npm_install runtime
 exec .venv/bin/python -m kiosk demo "$@"

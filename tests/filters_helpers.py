@@ -70,3 +70,32 @@ def pdf_fonts(pdf) -> dict[str, bool]:
             fonts[str(font.get("/BaseFont", name))] = desc is not None and any(
                 k in desc for k in ("/FontFile", "/FontFile2", "/FontFile3"))
     return fonts
+
+
+VENDOR_MODULES = Path(__file__).resolve().parents[1] / "vendor" / "node_modules"
+
+
+def gltf_validate(path: Path) -> dict:
+    """The Khronos glTF validator's report on ``path`` (npm gltf-validator, installed by scripts/test.sh)."""
+    import json
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    if node is None or not (VENDOR_MODULES / "gltf-validator").is_dir():
+        raise AssertionError("the glTF validator is not installed: run scripts/test.sh "
+                             "(it runs `npm ci --prefix vendor`)")
+    script = Path(__file__).resolve().parent / "js" / "gltf_validate.mjs"
+    proc = subprocess.run([node, str(script), str(VENDOR_MODULES), str(path)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)
+
+
+def usd_validate(path: Path) -> list[str]:
+    """Every error usd-core's validators (what ``usdchecker`` runs) find in ``path``."""
+    from pxr import Usd, UsdValidation
+
+    stage = Usd.Stage.Open(str(path))
+    ctx = UsdValidation.ValidationContext(UsdValidation.ValidationRegistry().GetOrLoadAllValidators())
+    return [f"{e.GetName()}: {e.GetMessage()}" for e in ctx.Validate(stage)]

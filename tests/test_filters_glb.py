@@ -58,13 +58,13 @@ def _image_bytes(doc, blob) -> bytes:
 def test_flat_panel_round_trip(tmp_path):
     src = gradient(200, 100)  # 2:1 piece -> 2:1 panel
     piece = save_piece(tmp_path / "p.png", src)
-    (path,) = export("glb", piece, META, tmp_path / "out", texture_px=256, image_format="png")
+    (path,) = export("glb", piece, META, tmp_path / "out", texture_px=256, image_format="png", frame_cm=0)
     assert path.name == "piece-7.glb"
     doc, blob, gltf = _load(path)
     assert gltf.asset.version == "2.0"
     prim = gltf.meshes[0].primitives[0]
     assert (prim.attributes.POSITION, prim.attributes.NORMAL, prim.attributes.TEXCOORD_0, prim.indices) == (0, 1, 2, 3)
-    assert [a.count for a in gltf.accessors] == [4, 4, 4, 6]
+    assert [a.count for a in gltf.accessors] == [4, 4, 4, 6] + [24, 24, 36]  # the picture, then its board
     pos, nrm, uv, idx = (_accessor(doc, blob, i) for i in range(4))
     assert pos.min(axis=0).tolist() == pytest.approx(gltf.accessors[0].min)
     assert pos.max(axis=0).tolist() == pytest.approx(gltf.accessors[0].max)
