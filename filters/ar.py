@@ -193,3 +193,34 @@ def _make_exporter(spec: ToolSpec) -> None:
 
 for _spec in TOOLS.values():
     _make_exporter(_spec)
+
+
+def packs_readme(basename: str, specs: Sequence[ToolSpec], files: Sequence[str]) -> str:
+    lines = [f"AR packs for {basename}: one zip per desktop tool", "",
+             "These are for building an effect in a desktop AR tool. To see the piece on a phone, open its",
+             "'View in AR' page instead (the framed 20 cm picture as GLB and USDZ, no app needed).", ""]
+    for spec, name in zip(specs, files):
+        lines += [f"{name}: {spec.tool} ({spec.vendor})", f"  status: {spec.status}"]
+        lines += [f"  {i}. {s}" for i, s in enumerate(spec.import_steps, 1)]
+        lines.append("")
+    lines.append("Each zip has its own README.txt and manifest.json (sizes, checksums, the tool's limits).")
+    return "\n".join(lines) + "\n"
+
+
+@register_exporter("ar_packs")
+def export_ar_packs(image: Any, meta: Mapping[str, Any], stage: Path, *, basename: str,
+                    tools: Sequence[str] = ("effecthouse", "lensstudio", "sparkar")) -> list[Path]:
+    """``<base>_ar_packs.zip``: README.txt at the top, then one texture pack zip per desktop tool (for the artist)."""
+    if isinstance(tools, str) or not tools or any(t not in TOOLS for t in tools):
+        raise ExportError(f"option 'tools' must be a non-empty list of {', '.join(sorted(TOOLS))}, got {tools!r}")
+    specs = [TOOLS[t] for t in dict.fromkeys(tools)]
+    members: list[tuple[str, bytes]] = []
+    names = []
+    for spec in specs:
+        inner = stage / f".{basename}_{spec.key}.zip"
+        write_zip(inner, build_pack(image, meta, spec, basename))
+        names.append(f"{basename}_{spec.key}.zip")
+        members.append((names[-1], inner.read_bytes()))
+        inner.unlink()
+    members.insert(0, ("README.txt", packs_readme(basename, specs, names).encode("utf-8")))
+    return [write_zip(stage / f"{basename}_ar_packs.zip", members)]

@@ -53,8 +53,9 @@ def test_piece_page_caption_and_buttons(web):
     p = pieces[1]
     html = c.get(f"/p/{p.id}").get_data(as_text=True)
     for bit in (p.series, p.prompt_text, str(p.seed), "1.25", p.label, f"/p/{p.id}/download.png",
-                f"/p/{p.id}/print.pdf", f"/p/{p.id}/ar.zip"):
+                f"/p/{p.id}/print.pdf", f'href="/p/{p.id}/ar"'):
         assert bit in html, bit
+    assert "ar.zip" not in html  # the desktop-tool packs are for the staff, not the phone
 
 
 def test_download_is_the_archived_file_as_attachment_with_etag(web):
@@ -89,7 +90,7 @@ def test_missing_and_hidden_pieces_are_404(web):
                 "/api/job/nope", "/p/abc", "/no/such/page"):
         assert c.get(url).status_code == 404, url
     store.set_hidden(pieces[0].id, True)
-    for suffix in ("", "/download.png", "/image.png", "/thumb.jpg", "/ar.zip"):
+    for suffix in ("", "/download.png", "/image.png", "/thumb.jpg", "/ar.zip", "/ar", "/model.glb", "/model.usdz"):
         assert c.get(f"/p/{pieces[0].id}{suffix}").status_code == 404, suffix
     assert f"/p/{pieces[0].id}\"" not in c.get("/").get_data(as_text=True)
     assert c.get("/api/job/x", headers={"Accept": "application/json"}).json["status"] == 404

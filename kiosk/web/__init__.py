@@ -230,6 +230,7 @@ def create_app(cfg: ShowConfig, store: Store | None = None, *, testing: bool = F
         SEND_FILE_MAX_AGE_DEFAULT=3600, KIOSK_PAGE_SIZE=24, KIOSK_POLL_MS=2000,
         WTF_CSRF_TIME_LIMIT=None, WTF_CSRF_FIELD_NAME=CSRF_FIELD,
         KIOSK_LOGIN_LIMIT="10 per minute", KIOSK_EXPORT_PROCESSES=1,
+        KIOSK_VENDOR_DIR=str(Path(__file__).resolve().parents[2] / "vendor" / "node_modules"),
     )
     if config_file is not None:
         app.config.from_pyfile(str(config_file))
@@ -242,7 +243,8 @@ def create_app(cfg: ShowConfig, store: Store | None = None, *, testing: bool = F
         passwords=PasswordSource(cfg.config_path, cfg.staff_password_hash, cfg.staff_password),
         login_throttle=LoginThrottle(), moderator=Moderator(cfg.blocked_words),
         exports=ExportQueue(store.root, processes=app.config["KIOSK_EXPORT_PROCESSES"],
-                            cache_bytes=cfg.export_cache_mb << 20, url_for_piece=lambda pid: piece_url(cfg, pid)))
+                            cache_bytes=cfg.export_cache_mb << 20, url_for_piece=lambda pid: piece_url(cfg, pid),
+                            weights_dir=cfg.weights))
     app.url_map.converters["id"] = IdConverter
 
     from kiosk.web import public, staff

@@ -30,8 +30,10 @@ log = logging.getLogger(__name__)
 # kind -> (exporter names to try, file suffix served, download suffix)
 EXPORTS = {
     "print": (("print",), ".pdf", "print-20cm.pdf"),
-    "ar": (("ar_bundle", "bundle", "ar"), ".zip", "ar-filter.zip"),
+    # the desktop AR tools' packs (README on top): linked from the staff pages, not the phone's
+    "ar": (("ar_packs", "ar_bundle", "bundle", "ar"), ".zip", "ar-packs.zip"),
     "glb": (("glb",), ".glb", "model.glb"),
+    "usdz": (("usdz",), ".usdz", "model.usdz"),
 }
 AR_FORMATS = ("sparkar", "lensstudio", "effecthouse", "glb")
 
@@ -47,14 +49,18 @@ def _lower_priority() -> None:
         pass
 
 
-def export_options(kind: str, accepted: dict[str, Any]) -> dict[str, Any]:
-    """Options for the exporter: a 20 x 20 cm print; one AR pack holding every AR format."""
+def export_options(kind: str, accepted: dict[str, Any], weights_dir: str | None = None) -> dict[str, Any]:
+    """Options for the exporter: a 20 x 20 cm print (the PDF alone); one AR pack holding every AR format."""
     opts: dict[str, Any] = {}
     if kind == "print":
         if "size_cm" in accepted:
             opts["size_cm"] = 20.0
         elif "width_cm" in accepted and "height_cm" in accepted:
             opts.update(width_cm=20.0, height_cm=20.0)
+        if "raster" in accepted:
+            opts["raster"] = "none"  # the phone gets the PDF; the print shop's TIFF comes from the CLI
+        if "weights_dir" in accepted and weights_dir:
+            opts["weights_dir"] = weights_dir  # an installed super-resolution model is used for the print
     if kind == "ar":
         if "keep_parts" in accepted:
             opts["keep_parts"] = False
@@ -77,7 +83,8 @@ def _zip_files(files: list[Path], dest: Path) -> Path:
     return dest
 
 
-def make_export(store_root: str, piece_id: int, kind: str, url: str) -> tuple[str, int, str]:
+def make_export(store_root: str, piece_id: int, kind: str, url: str,
+                weights_dir: str | None = None) -> tuple[str, int, str]:
     """Run in an export process: write export ``kind`` of piece ``piece_id``; returns (relative path, size,
     sha256). Raises :class:`ExportFailed` with the reason."""
     from exhibits.store import Store
@@ -99,7 +106,7 @@ def make_export(store_root: str, piece_id: int, kind: str, url: str) -> tuple[st
         out_dir = store.path(f"exports/{piece_id}/{kind}")
         meta = {**piece.public(), "piece_id": piece.id, "prompts": [list(x) for x in piece.prompts],
                 "params": piece.params, "models": piece.models, "url": url}
-        opts = export_options(kind, registry.exporter_options(name))
+        opts = export_options(kind, registry.exporter_options(name), weights_dir)
         try:
             files = registry.export(name, store.path(piece.image_path), meta, out_dir,
                                     basename=f"piece-{piece.id}", **opts)
@@ -128,11 +135,12 @@ class ExportQueue:
     """The dispatcher thread and its process pool (started on the first request for an export)."""
 
     def __init__(self, store_root: Path, *, processes: int = 1, cache_bytes: int = 2 << 30,
-                 url_for_piece: Any = None):
+                 url_for_piece: Any = None, weights_dir: str | os.PathLike | None = None):
         self.store_root = Path(store_root)
         self.processes = max(1, processes)
         self.cache_bytes = cache_bytes
         self.url_for_piece = url_for_piece or (lambda pid: "")
+        self.weights_dir = str(weights_dir) if weights_dir is not None else None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -184,7 +192,7 @@ class ExportQueue:
                         break
                     key = (row["piece_id"], row["kind"])
                     fut = self._executor().submit(make_export, str(self.store_root), key[0], key[1],
-                                                  self.url_for_piece(key[0]))
+                                                  self.url_for_piece(key[0]), self.weights_dir)
                     running[fut] = key
                 if not running:
                     self._wake.wait(5.0)

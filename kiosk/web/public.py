@@ -76,7 +76,7 @@ def file_etag(path: Path) -> str:
 
 
 def _send(rel: str, *, etag: str | None = None, mimetype: str | None = None, attachment: str | None = None,
-          max_age: int = 86400) -> Response:
+          max_age: int = 86400, inline_name: str | None = None) -> Response:
     store = get_store()
     try:
         path = store.path(rel)
@@ -84,8 +84,9 @@ def _send(rel: str, *, etag: str | None = None, mimetype: str | None = None, att
         abort(404)
     if not path.is_file():
         abort(404, description="the image file is missing from the archive")
-    resp = send_file(path, mimetype=mimetype, as_attachment=attachment is not None, download_name=attachment,
-                     etag=etag or file_etag(path), conditional=True, max_age=max_age)
+    resp = send_file(path, mimetype=mimetype, as_attachment=attachment is not None,
+                     download_name=attachment or inline_name, etag=etag or file_etag(path), conditional=True,
+                     max_age=max_age)
     resp.headers["Cache-Control"] = f"public, max-age={max_age}"
     return resp
 
@@ -263,12 +264,62 @@ def ar_pack(piece_id: int) -> Any:
 
 @bp.get("/p/<id:piece_id>/model.glb")
 def glb_model(piece_id: int) -> Any:
-    """The piece as a framed 3D panel (glTF binary), for AR viewers."""
-    return _export_response(_piece_or_404(piece_id), "glb")
+    """The piece as a framed 20 cm picture (glTF binary) for model-viewer and Android's Scene Viewer."""
+    return _export_response(_piece_or_404(piece_id), "glb", inline=True)
 
 
-_EXPORT_ENDPOINTS = {"print": "public.print_file", "ar": "public.ar_pack", "glb": "public.glb_model"}
-_EXPORT_WHAT = {"print": "print file", "ar": "AR filter pack", "glb": "3D model"}
+@bp.get("/p/<id:piece_id>/model.usdz")
+def usdz_model(piece_id: int) -> Any:
+    """The same framed picture as USDZ for iOS Quick Look."""
+    return _export_response(_piece_or_404(piece_id), "usdz", inline=True)
+
+
+@bp.get("/p/<id:piece_id>/ar")
+def ar_view(piece_id: int) -> Any:
+    """The piece as a framed 20 cm picture: model-viewer in the page, Scene Viewer / Quick Look on the wall.
+
+    Both models are made by the export queue first; until they are ready this answers with the
+    "being prepared" page, which comes back here by itself.
+    """
+    p = _piece_or_404(piece_id)
+    for kind in ("glb", "usdz"):
+        status, _ = _export_state(p, kind)
+        if status != "ready":
+            return _export_response(p, kind, come_back=url_for("public.ar_view", piece_id=p.id))
+    vendor = Path(current_app.config["KIOSK_VENDOR_DIR"])
+    viewer_ok = (vendor / VENDOR_FILES["model-viewer.min.js"]).is_file()
+    html = render_template("ar.html", piece=p, viewer_ok=viewer_ok,
+                           glb=url_for("public.glb_model", piece_id=p.id),
+                           usdz=url_for("public.usdz_model", piece_id=p.id))
+    resp = current_app.make_response(html)
+    resp.headers["Content-Security-Policy"] = AR_CSP
+    return resp
+
+
+@bp.get("/vendor/<name>")
+def vendor_file(name: str) -> Any:
+    """Browser parts installed from npm into vendor/node_modules at set-up (never a CDN at run time)."""
+    rel = VENDOR_FILES.get(name)
+    if rel is None:
+        abort(404)
+    path = Path(current_app.config["KIOSK_VENDOR_DIR"]) / rel
+    if not path.is_file():
+        abort(404, description=f"{name} is not installed on this machine: run scripts/demo.sh "
+                               f"(it runs npm ci --prefix vendor)")
+    resp = send_file(path, mimetype="text/javascript", etag=file_etag(path), conditional=True, max_age=86400)
+    resp.headers["Cache-Control"] = "public, max-age=86400"
+    return resp
+
+
+_EXPORT_ENDPOINTS = {"print": "public.print_file", "ar": "public.ar_pack", "glb": "public.glb_model",
+                     "usdz": "public.usdz_model"}
+_EXPORT_WHAT = {"print": "print file", "ar": "AR packs", "glb": "3D model", "usdz": "3D model for iPhone"}
+MODEL_TYPES = {"glb": "model/gltf-binary", "usdz": "model/vnd.usdz+zip"}
+VENDOR_FILES = {"model-viewer.min.js": "@google/model-viewer/dist/model-viewer.min.js"}
+# model-viewer (three.js) turns the GLB's embedded texture into a blob: URL, decodes it off the main thread and
+# compiles a WebAssembly helper (wasm only: 'wasm-unsafe-eval' does not allow eval)
+AR_CSP = ("default-src 'self'; img-src 'self' data: blob:; connect-src 'self' data: blob:; worker-src 'self' blob:; "
+          "style-src 'self' 'unsafe-inline'; script-src 'self' 'wasm-unsafe-eval'; frame-ancestors 'none'")
 
 
 @bp.get("/api/piece/<id:piece_id>/export/<kind>")
@@ -309,7 +360,9 @@ def _export_state(p: Piece, kind: str) -> tuple[str, dict | None]:
     return "preparing", row
 
 
-def _export_response(p: Piece, kind: str) -> Any:
+def _export_response(p: Piece, kind: str, *, inline: bool = False, come_back: str | None = None) -> Any:
+    """The export's file (``inline`` for AR viewers, else as a download), or "being prepared" (202) that
+    goes on to ``come_back`` (default: the file) when it is ready."""
     status, row = _export_state(p, kind)
     _, _, name = EXPORTS[kind]
     what = _EXPORT_WHAT[kind]
@@ -324,7 +377,7 @@ def _export_response(p: Piece, kind: str) -> Any:
                             "message": f"The {what} is being prepared."})
         else:
             resp = current_app.make_response(render_template(
-                "preparing.html", piece=p, what=what, kind=kind, url=_export_url(p, kind),
+                "preparing.html", piece=p, what=what, kind=kind, url=come_back or _export_url(p, kind),
                 api=url_for("public.export_status", piece_id=p.id, kind=kind)))
         resp.status_code = 202
         resp.headers["Retry-After"] = "2"
@@ -332,7 +385,10 @@ def _export_response(p: Piece, kind: str) -> Any:
         return resp
     assert row is not None
     get_store().touch_export(p.id, kind)
-    return _send(row["path"], etag=row["sha256"], attachment=f"{slug(p.series or p.exhibit)}-{p.id}-{name}")
+    filename = f"{slug(p.series or p.exhibit)}-{p.id}-{name}"
+    if inline:  # AR viewers open it in place (Quick Look, Scene Viewer); a save keeps the name
+        return _send(row["path"], etag=row["sha256"], mimetype=MODEL_TYPES.get(kind), inline_name=filename)
+    return _send(row["path"], etag=row["sha256"], attachment=filename)
 
 
 # -- prompts ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@
       .then(function (d) {
         if (d.status === "ready") {
           status.textContent = "Ready: your download is starting.";
-          window.location.href = d.url;
+          window.location.href = box.dataset.url || d.url;  // the page that asked (the AR view), else the file
         } else if (d.status === "failed" || d.status === "missing") {
           status.textContent = "Sorry, this file could not be made. The staff have been told.";
         } else {
