@@ -153,7 +153,7 @@ def print_notes(meta: Mapping[str, Any], report: UpscaleReport, *, width_cm: flo
         notes.append(f"Resolution: the piece has {src_w} \u00d7 {src_h} px, {native:.0f} ppi of real detail at this "
                      f"size; it was {report.description}, {report.factor:.2f}\u00d7. Detail beyond {native:.0f} ppi "
                      f"is {'invented by the model' if report.method == 'model' else 'interpolated'}.")
-    made = meta.get("created")
+    made = meta.get("created", meta.get("created_at"))
     if isinstance(made, (int, float)):
         made = datetime.fromtimestamp(made, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     notes.append((f"Piece made {made}; " if made else "") + f"print file made {when.strftime('%Y-%m-%d %H:%M UTC')}.")

@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cols", type=int, default=8, help="pieces per row (default 8)")
     p.add_argument("--thumb", type=int, default=256, help="cell size in pixels (default 256)")
     p.add_argument("--title", help="heading printed on the sheet")
-    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write, or .pdf for A4 pages with captions "
+                                                          "(at most 4 pieces across)")
     return parser
 
 
@@ -321,6 +322,12 @@ def cmd_contact_sheet(args: argparse.Namespace, cfg: ShowConfig) -> int:
         return 1
     title = args.title or " · ".join(filter(None, [args.batch or exhibit or "all pieces", args.curation,
                                                    f"{len(pieces)} pieces"]))
+    if args.out.suffix.lower() == ".pdf":  # for the zine table: A4 pages, captions, PDF/A
+        from filters.sheet import contact_sheet_pdf
+
+        items = [(store.path(p.image_path), {**p.public(), "piece_id": p.id}) for p in pieces]
+        print(contact_sheet_pdf(items, args.out, cols=min(args.cols, 4), title=title))
+        return 0
     print(contact_sheet(store, pieces, args.out, cols=args.cols, thumb=args.thumb, title=title))
     return 0
 
