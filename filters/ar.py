@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from filters.common import choice, jpeg_bytes, piece_summary, png_bytes, sha256, square_texture, write_zip
+from filters.common import choice, piece_summary, sha256, texture_bytes, write_zip
 from filters.registry import ExportError, register_exporter
 
 PACK_FORMAT = "kiosk-ar-texture-pack"
@@ -123,19 +123,19 @@ def _check_sizes(spec: ToolSpec, sizes: Sequence[int] | None) -> tuple[int, ...]
     return tuple(sorted(set(sizes), reverse=True))
 
 
-def _encode(tex: Any, fmt: str, max_bytes: int | None, tool: str) -> tuple[bytes, str]:
+def _encode(image: Any, size: int, fmt: str, max_bytes: int | None, tool: str) -> tuple[bytes, str]:
     """Encode as ``fmt``; "auto" keeps PNG when it fits ``max_bytes`` and steps JPEG quality down otherwise."""
     if fmt in ("png", "auto"):
-        data = png_bytes(tex, compress_level=6)
+        data = texture_bytes(image, size, "png", compress_level=6)
         if max_bytes is None or len(data) <= max_bytes:
             return data, "png"
         if fmt == "png":
-            raise ExportError(f"{tool}: a {tex.size[0]} px PNG is {len(data)} bytes, over the {max_bytes} byte limit")
+            raise ExportError(f"{tool}: a {size} px PNG is {len(data)} bytes, over the {max_bytes} byte limit")
     for quality in (92, 88, 82, 75, 65, 50):
-        data = jpeg_bytes(tex, quality)
+        data = texture_bytes(image, size, "jpg", quality=quality)
         if max_bytes is None or len(data) <= max_bytes:
             return data, "jpg"
-    raise ExportError(f"{tool}: could not fit a {tex.size[0]} px texture under {max_bytes} bytes")
+    raise ExportError(f"{tool}: could not fit a {size} px texture under {max_bytes} bytes")
 
 
 def build_pack(image: Any, meta: Mapping[str, Any], spec: ToolSpec, basename: str,
@@ -146,8 +146,7 @@ def build_pack(image: Any, meta: Mapping[str, Any], spec: ToolSpec, basename: st
     members: list[tuple[str, bytes]] = []
     textures = []
     for size in sizes:
-        tex = square_texture(image, size)
-        data, ext = _encode(tex, fmt, spec.max_file_bytes, spec.tool)
+        data, ext = _encode(image, size, fmt, spec.max_file_bytes, spec.tool)
         path = f"textures/{basename}_{size}.{ext}"
         members.append((path, data))
         textures.append({"path": path, "width": size, "height": size, "format": ext, "bytes": len(data),

@@ -1,4 +1,7 @@
-"""The download bundle for the phone page: print PDF, AR texture packs and GLB in one zip."""
+"""The artist's bundle of one piece: print PDF and print-shop TIFF, desktop AR packs, GLB and USDZ, in one zip.
+
+Phones do not get this zip: they get the "View in AR" page and the print PDF.
+"""
 from __future__ import annotations
 
 import json
@@ -9,11 +12,8 @@ from typing import Any, Mapping, Sequence
 from filters.common import piece_summary, sha256, write_zip
 from filters.registry import ExportError, _check_options, export, get_exporter, register_exporter
 
-DEFAULT_FORMATS = ("print", "sparkar", "lensstudio", "effecthouse", "glb")
-# The bundle is downloaded on phones: the print PDF already carries the full-resolution
-# picture (as high-quality JPEG here), so the separate print raster is left out unless
-# an exhibit asks for it.
-DEFAULT_OPTIONS: Mapping[str, Mapping[str, Any]] = {"print": {"raster": "none", "jpeg_quality": 92}}
+DEFAULT_FORMATS = ("print", "ar_packs", "glb", "usdz")
+DEFAULT_OPTIONS: Mapping[str, Mapping[str, Any]] = {}
 
 
 def _check_plan(formats: Sequence[str], options: Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict]:

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import math
+import threading
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -153,6 +154,34 @@ def square_texture(image: Any, size: int) -> Any:
     from PIL import Image
 
     return center_square(image).resize((size, size), Image.Resampling.LANCZOS)
+
+
+_TEXTURES: dict[tuple, bytes] = {}
+_TEXTURE_CACHE_ITEMS = 24
+_TEXTURE_LOCK = threading.Lock()  # the web app exports from several threads
+
+
+def texture_bytes(image: Any, size: int, fmt: str, *, quality: int = 90, compress_level: int = 6,
+                  square: bool = True) -> bytes:
+    """``image`` as a ``size`` x ``size`` texture encoded as "png" or "jpg", encoded once per piece and format.
+
+    The AR packs, the GLB and the USDZ of one piece ask for the same 1024 px texture several times;
+    a small cache keyed by the picture's content hands back the bytes made the first time.
+    """
+    key = (hashlib.blake2b(image.tobytes(), digest_size=16).digest(), image.size, size, fmt, square,
+           quality if fmt == "jpg" else compress_level)
+    with _TEXTURE_LOCK:
+        data = _TEXTURES.get(key)
+    if data is None:
+        from PIL import Image
+
+        tex = square_texture(image, size) if square else image.resize((size, size), Image.Resampling.LANCZOS)
+        data = jpeg_bytes(tex, quality) if fmt == "jpg" else png_bytes(tex, compress_level=compress_level)
+        with _TEXTURE_LOCK:
+            while len(_TEXTURES) >= _TEXTURE_CACHE_ITEMS:
+                _TEXTURES.pop(next(iter(_TEXTURES)))
+            _TEXTURES[key] = data
+    return data
 
 
 def png_bytes(image: Any, meta: Mapping[str, Any] | None = None, dpi: float | None = None,

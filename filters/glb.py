@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from exhibits.files import atomic_write_bytes
-from filters.common import choice, jpeg_bytes, piece_summary, png_bytes, positive
+from filters.common import choice, piece_summary, positive, texture_bytes
 from filters.framed import BACK_COLOUR, FRAME_COLOUR, Part, framed_picture
 from filters.registry import ExportError, register_exporter
 
@@ -88,12 +88,10 @@ def build_glb(image: Any, meta: Mapping[str, Any], *, width_m: float = 0.2, bend
               segments: int = 16, texture_px: int = 1024, image_format: str = "jpg",
               frame_cm: float = 2.0) -> bytes:
     import pygltflib as g
-    from PIL import Image
 
     parts = picture_parts(image, width_m=width_m, bend_deg=bend_deg, segments=segments, frame_cm=frame_cm)
     # Square power-of-two texture (best mipmapping on phones); the UVs undo the stretch.
-    tex = image.resize((texture_px, texture_px), Image.Resampling.LANCZOS)
-    img_bytes = jpeg_bytes(tex, 90) if image_format == "jpg" else png_bytes(tex, compress_level=9)
+    img_bytes = texture_bytes(image, texture_px, image_format, quality=90, compress_level=9, square=False)
     mime = "image/jpeg" if image_format == "jpg" else "image/png"
 
     blob = b""

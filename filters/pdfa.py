@@ -66,6 +66,8 @@ def finish_pdfa(data: bytes, *, title: str, author: str = "", subject: str = "",
             meta["pdfaid:conformance"] = "B"
             meta["xmp:CreateDate"] = meta["xmp:ModifyDate"] = meta["xmp:MetadataDate"] = created.isoformat()
         out = io.BytesIO()
-        pdf.save(out, fix_metadata_version=False, static_id=False, min_version="1.7")  # ICC v4 needs 1.7
+        # streams are copied as they are (no decode and recompress of the picture); ICC v4 needs PDF 1.7
+        pdf.save(out, fix_metadata_version=False, static_id=False, min_version="1.7",
+                 stream_decode_level=pikepdf.StreamDecodeLevel.none)
     return out.getvalue()
 

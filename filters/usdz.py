@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from exhibits.files import atomic_path
-from filters.common import choice, jpeg_bytes, png_bytes, positive
+from filters.common import choice, positive, texture_bytes
 from filters.framed import BACK_COLOUR, FRAME_COLOUR, Part, flip_v, framed_picture
 from filters.glb import check_frame
 from filters.registry import ExportError, register_exporter
@@ -74,17 +74,16 @@ def _material(stage: Any, path: str, kind: str, texture: str | None) -> Any:
 def build_usdz(image: Any, meta: Mapping[str, Any], dest: Path, *, width_m: float = 0.2, frame_cm: float = 2.0,
                texture_px: int = 1024, image_format: str = "jpg") -> Path:
     """Write ``dest`` (a .usdz) atomically."""
-    from PIL import Image
     from pxr import Kind, Sdf, Usd, UsdGeom, UsdShade, UsdUtils
 
     w, h = image.size
     parts = framed_picture(width_m, width_m * h / w, frame=frame_cm / 100, depth=0.02 if frame_cm else 0.004)
-    tex = image.resize((texture_px, texture_px), Image.Resampling.LANCZOS)
     tex_name = f"textures/piece.{image_format}"
     with tempfile.TemporaryDirectory(prefix="kiosk-usdz-") as tmp:
         work = Path(tmp)
         (work / "textures").mkdir()
-        (work / tex_name).write_bytes(jpeg_bytes(tex, 90) if image_format == "jpg" else png_bytes(tex))
+        (work / tex_name).write_bytes(texture_bytes(image, texture_px, image_format, quality=90, compress_level=9,
+                                                    square=False))
         layer = work / "piece.usdc"
         stage = Usd.Stage.CreateNew(str(layer))
         UsdGeom.SetStageUpAxis(stage, UsdGeom.Tokens.y)

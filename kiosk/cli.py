@@ -92,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("export", "export finished pieces: print PDF, AR texture packs, GLB, QR")
     p.add_argument("pieces", nargs="*", type=int, help="piece ids (default: all pieces curated 'keep')")
-    p.add_argument("--kind", default="bundle", help="exporter name (print, spark_ar, lens_studio, effect_house, "
-                                                     "glb, bundle, ...)")
+    p.add_argument("--kind", default="bundle", help="exporter name: bundle (print PDF + TIFF, AR packs, GLB, USDZ), "
+                                                     "print, ar_packs, effecthouse, lensstudio, sparkar, glb, usdz, ...")
     p.add_argument("--out", type=Path, default=Path("exports"), help="output directory")
+    p.add_argument("--workers", type=int, help="processes exporting at once (default: one per core)")
 
     p = add("continue", "continue a finished piece from an edited picture of it (queued as a staff job)")
     p.add_argument("piece", type=int, help="id of the piece to continue")
@@ -288,13 +289,25 @@ def cmd_export(args: argparse.Namespace, cfg: ShowConfig) -> int:
     if not pieces:
         print("nothing to export: no piece ids given and no piece is curated 'keep'", file=sys.stderr)
         return 1
-    opts = {"weights_dir": str(cfg.weights)} if "weights_dir" in registry.exporter_options(args.kind) else {}
-    for piece in pieces:
-        meta = {**piece.public(), "params": piece.params, "models": piece.models}
-        out = registry.export(args.kind, store.path(piece.image_path), meta, args.out / f"piece-{piece.id}", **opts)
-        for path in out:
+    accepted = registry.exporter_options(args.kind)
+    opts: dict = {}
+    if "weights_dir" in accepted:
+        opts["weights_dir"] = str(cfg.weights)
+    elif args.kind == "bundle":
+        opts["options"] = {"print": {"weights_dir": str(cfg.weights)}}
+    from filters.parallel import Item, export_many
+
+    items = [Item(str(store.path(p.image_path)), {**p.public(), "piece_id": p.id, "params": p.params,
+                                                   "models": p.models},
+                  str(args.out / f"piece-{p.id}"), f"piece-{p.id}") for p in pieces]
+    result = export_many(items, args.kind, opts, workers=args.workers, weights_dir=cfg.weights,
+                         progress=len(items) > 1)
+    for i in sorted(result.done):
+        for path in result.done[i]:
             print(path)
-    return 0
+    for i, error in sorted(result.failed.items()):
+        print(f"error: piece {pieces[i].id}: {error}", file=sys.stderr)
+    return 1 if result.failed else 0
 
 
 def cmd_continue(args: argparse.Namespace, cfg: ShowConfig) -> int:

@@ -64,18 +64,17 @@ def test_export_all_bundle(tmp_path):
     out = tmp_path / "out"
     paths = export_all(piece, META, out, options={"print": {"size_cm": 5}, "glb": {"texture_px": 128}})
     names = [p.name for p in paths]
-    assert names == ["piece-7_print.pdf", "piece-7_sparkar.zip", "piece-7_lensstudio.zip",
-                     "piece-7_effecthouse.zip", "piece-7.glb", "piece-7_bundle.zip"]
+    assert names == ["piece-7_print.pdf", "piece-7_print_300dpi.tif", "piece-7_ar_packs.zip", "piece-7.glb",
+                     "piece-7.usdz", "piece-7_bundle.zip"]
     assert listing(out) == sorted(names)  # no staging folders or temporaries left
     with zipfile.ZipFile(paths[-1]) as zf:
         assert zf.testzip() is None
         assert sorted(zf.namelist()) == sorted(names[:-1] + ["manifest.json"])
         manifest = json.loads(zf.read("manifest.json"))
         assert zf.read("piece-7.glb") == (out / "piece-7.glb").read_bytes()
-        for inner in ("piece-7_sparkar.zip", "piece-7_effecthouse.zip"):
-            zf.extract(inner, tmp_path / "x")
-            with zipfile.ZipFile(tmp_path / "x" / inner) as z2:
-                assert z2.testzip() is None
+        zf.extract("piece-7_ar_packs.zip", tmp_path / "x")
+        with zipfile.ZipFile(tmp_path / "x" / "piece-7_ar_packs.zip") as z2:
+            assert z2.testzip() is None and z2.namelist()[0] == "README.txt"
     assert [f["path"] for f in manifest["files"]] == names[:-1]
     assert manifest["piece"]["title"] == "Doorway 7"
 

@@ -114,27 +114,21 @@ def test_named_upscaler_that_is_missing_names_the_fetch_command(tmp_path):
     assert listing(tmp_path / "out") == []
 
 
-def test_cli_print_export_runs_the_model_out_of_process(tmp_path):
-    """A torch-free process (like the web app) upscales through ``python -m renderer.upscale``."""
-    from exhibits.store import Store
-
-    weights = tmp_path / "data" / "weights"
+def test_torch_free_process_runs_the_model_out_of_process(tmp_path):
+    """A process without torch (like the web app) upscales through ``python -m renderer.upscale``."""
+    weights = tmp_path / "weights"
     save_rrdbnet(weights / "RealESRGAN_x4plus.pth")
-    store = Store(tmp_path / "data")
-    job = store.submit("demo", prompts=[["a doorway", 1.0]], prompt_text="a doorway", seed=3)
-    claimed = store.claim("w1", exhibits=["demo"], lease=30)
-    assert claimed is not None and claimed.id == job.id
-    piece = store.add_piece(claimed, "w1", gradient(96, 96), {"generator": "default", "sigma": 1.9995,
-                                                              "title": "Bars", "label": "test"})
+    piece = save_piece(tmp_path / "p.png", gradient(96, 96))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    code = ("import sys; from kiosk.cli import main; rc = main(sys.argv[1:]); "
-            "assert 'torch' not in sys.modules, 'the exporting process imported torch'; sys.exit(rc)")
-    proc = subprocess.run([sys.executable, "-c", code, "export", str(piece.id), "--kind", "print",
-                           "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out")],
-                          env=env, capture_output=True, text=True, timeout=110)
+    code = ("import sys; from filters import export; "
+            f"export('print', {str(piece)!r}, {{'title': 'Bars', 'seed': 1}}, {str(tmp_path / 'out')!r}, "
+            f"size_cm=8, weights_dir={str(weights)!r}); "
+            "assert 'torch' not in sys.modules, 'the exporting process imported torch'")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stderr[-2000:]
     tif = next((tmp_path / "out").rglob("*.tif"))
     with Image.open(tif) as im:
         info = json.loads(im.tag_v2[270])["print"]["upscale"]
-        assert im.size == (2363 + 2 * 36,) * 2
+        assert im.size == (945 + 2 * 36,) * 2
     assert info["method"] == "model" and info["model"] == "RealESRGAN_x4plus" and info["source_px"] == [96, 96]
+    assert info["source_ppi"] == pytest.approx(30.5, abs=0.1) and info["output_ppi"] == pytest.approx(300, abs=1)
