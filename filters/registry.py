@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 Exporter = Callable[..., list[Path]]
 
 _REGISTRY: dict[str, Exporter] = {}
-BUILTIN = ("filters.printing", "filters.ar", "filters.glb", "filters.usdz", "filters.qr", "filters.bundle")
+BUILTIN = ("filters.printing", "filters.ar", "filters.sequence", "filters.glb", "filters.usdz", "filters.qr",
+           "filters.bundle")
 _loaded = False
 
 

@@ -297,9 +297,15 @@ def cmd_export(args: argparse.Namespace, cfg: ShowConfig) -> int:
         opts["options"] = {"print": {"weights_dir": str(cfg.weights)}}
     from filters.parallel import Item, export_many
 
-    items = [Item(str(store.path(p.image_path)), {**p.public(), "piece_id": p.id, "params": p.params,
-                                                   "models": p.models},
-                  str(args.out / f"piece-{p.id}"), f"piece-{p.id}") for p in pieces]
+    def meta(p: Any) -> dict:
+        out = {**p.public(), "piece_id": p.id, "params": p.params, "models": p.models}
+        animation = p.extra.get("mp4") or p.extra.get("gif")  # a Doorways timelapse, for effecthouse_sequence
+        if animation:
+            out["animation"] = str(store.path(animation))
+        return out
+
+    items = [Item(str(store.path(p.image_path)), meta(p), str(args.out / f"piece-{p.id}"), f"piece-{p.id}")
+             for p in pieces]
     result = export_many(items, args.kind, opts, workers=args.workers, weights_dir=cfg.weights,
                          progress=len(items) > 1)
     for i in sorted(result.done):

@@ -157,7 +157,7 @@ def test_bad_input_files_are_named_and_leave_nothing(tmp_path):
 
 
 def test_unknown_exporter_lists_known(tmp_path):
-    with pytest.raises(ExportError, match="unknown exporter .pdf.; known exporters: ar_packs, bundle, effecthouse, glb"):
+    with pytest.raises(ExportError, match="unknown exporter .pdf.; known exporters: ar_packs, bundle, effecthouse, effecthouse_sequence, glb"):
         export("pdf", save_piece(tmp_path / "p.png"), {}, tmp_path / "out")
 
 
