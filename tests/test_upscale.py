@@ -132,3 +132,24 @@ def test_torch_free_process_runs_the_model_out_of_process(tmp_path):
         assert im.size == (945 + 2 * 36,) * 2
     assert info["method"] == "model" and info["model"] == "RealESRGAN_x4plus" and info["source_px"] == [96, 96]
     assert info["source_ppi"] == pytest.approx(30.5, abs=0.1) and info["output_ppi"] == pytest.approx(300, abs=1)
+
+
+def test_bfloat16_autocast_matches_float32(tmp_path):
+    """The reduced-precision path a GPU takes, checked on the CPU with bfloat16 autocast."""
+    from renderer.upscale import upscale
+
+    path = save_compact(tmp_path / "realesr-general-x4v3.pth")
+    src = gradient(32, 32)
+    full = np.asarray(upscale(src, str(path)), np.int16)
+    half = np.asarray(upscale(src, str(path), reduced_precision=True), np.int16)
+    assert full.shape == half.shape == (128, 128, 3)
+    assert np.abs(full - half).mean() < 2.0 and np.abs(full - half).max() <= 16
+
+
+def test_web_print_export_writes_the_pdf_alone():
+    """The phone's print download asks for no raster (it used to make a 300 dpi PNG and delete it)."""
+    from filters import registry
+    from kiosk.web.exports import export_options
+
+    opts = export_options("print", registry.exporter_options("print"), "/srv/weights")
+    assert opts == {"size_cm": 20.0, "raster": "none", "weights_dir": "/srv/weights"}

@@ -61,31 +61,41 @@ def describe(path: str, device: str = "cpu") -> dict[str, Any]:
     return {"architecture": desc.architecture.name, "scale": int(desc.scale)}
 
 
-def upscale(image: Any, path: str, device: str = "cpu", tile: int = TILE, overlap: int = OVERLAP) -> Any:
-    """The RGB PIL ``image`` enlarged by the model's own scale, tile by tile."""
+def upscale(image: Any, path: str, device: str = "cpu", tile: int = TILE, overlap: int = OVERLAP,
+            reduced_precision: bool | None = None) -> Any:
+    """The RGB PIL ``image`` enlarged by the model's own scale, tile by tile.
+
+    ``reduced_precision`` (default: on CUDA only) runs the model under autocast with
+    ``renderer.device.autocast_dtype`` (bfloat16 where supported, else float16 when the
+    architecture allows half precision); results are clamped and returned as 8-bit RGB.
+    """
     import numpy as np
     import torch
     from PIL import Image
 
+    from renderer.device import autocast, autocast_dtype
+
     desc = load_model(path, device)
+    dev = torch.device(device)
+    if reduced_precision is None:
+        reduced_precision = dev.type == "cuda"
+    dtype = autocast_dtype(dev) if reduced_precision else torch.float32
+    if dtype == torch.float16 and not desc.supports_half:
+        dtype = torch.float32
+    if dtype == torch.bfloat16 and not desc.supports_bfloat16:
+        dtype = torch.float32
     scale = int(desc.scale)
     arr = torch.from_numpy(np.asarray(image.convert("RGB"), np.float32) / 255.0).permute(2, 0, 1)
     _, h, w = arr.shape
     out = torch.zeros(3, h * scale, w * scale)
-    half = device.startswith("cuda") and desc.supports_half
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(dev, dtype):
         for y0 in range(0, h, tile):
             for x0 in range(0, w, tile):
                 y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
                 ya, xa = max(y0 - overlap, 0), max(x0 - overlap, 0)
                 yb, xb = min(y1 + overlap, h), min(x1 + overlap, w)
                 patch = arr[:, ya:yb, xa:xb].unsqueeze(0).to(device)
-                if half:
-                    with torch.autocast("cuda", dtype=torch.float16):
-                        res = desc(patch)
-                else:
-                    res = desc(patch)
-                res = res[0].float().clamp_(0, 1).cpu()
+                res = desc(patch)[0].float().clamp_(0, 1).cpu()
                 oy, ox = (y0 - ya) * scale, (x0 - xa) * scale
                 out[:, y0 * scale:y1 * scale, x0 * scale:x1 * scale] = \
                     res[:, oy:oy + (y1 - y0) * scale, ox:ox + (x1 - x0) * scale]
