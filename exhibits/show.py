@@ -35,6 +35,14 @@ class ShowConfig:
     hold_seconds: float = 20.0  # how long a finished piece stays before the next
     crossfade_seconds: float = 1.2
     fps: int = 60
+    dwell_seconds: float | None = None  # a visitor's or a tap's piece stays at least this long (default: hold)
+    attract_seconds: float = 90.0  # nobody tapped for this long: invite the room to touch (0: never)
+    rotate: int = 0  # degrees clockwise the picture is turned for a monitor mounted on its side: 0, 90, 180, 270
+    display_index: int = 0  # which monitor on a multi-monitor machine (0: the first)
+    hide_cursor: bool = True  # full screen: no mouse pointer (touches still count)
+    drift_pixels: int = 6  # burn-in protection: the whole picture wanders this far, slowly
+    refresh_minutes: float = 30.0  # burn-in protection: at least this often the screen fades through black
+    opening_hours: tuple[tuple[int, int], ...] = ()  # (open, close) in minutes after midnight; () = always open
     # web
     host: str = "0.0.0.0"
     port: int = 8080
@@ -56,6 +64,10 @@ class ShowConfig:
     playlist_interval: float = 20.0  # at least this many seconds between playlist pieces (taps/visitors: at once)
     keep_playlist_pieces: int = 5000  # older playlist pieces are pruned (visitors' and curated ones never)
     min_free_mb: int = 1024  # below this much free disk the playlist pauses
+
+    @property
+    def dwell(self) -> float:
+        return self.hold_seconds if self.dwell_seconds is None else self.dwell_seconds
 
     @property
     def weights(self) -> Path:
@@ -82,6 +94,11 @@ _TYPES = {
     "prompt_rate_limit": (str, "a limit like '5 per minute'"), "device": (str, "auto, cpu, cuda or cuda:N"),
     "queue_depth": (int, "a whole number"), "worker_threads": (int, "a whole number (0: automatic)"), "playlist_interval": ((int, float), "a number of seconds"),
     "keep_playlist_pieces": (int, "a whole number of pieces"), "min_free_mb": (int, "a whole number of megabytes"),
+    "dwell_seconds": ((int, float), "a number of seconds"), "attract_seconds": ((int, float), "a number of seconds"),
+    "rotate": (int, "0, 90, 180 or 270 (degrees clockwise)"), "display_index": (int, "a monitor number (0: the first)"),
+    "hide_cursor": (bool, "true or false"), "drift_pixels": (int, "a whole number of pixels"),
+    "refresh_minutes": ((int, float), "a number of minutes"),
+    "opening_hours": ((str, list), 'opening times like "10:00-18:00" or ["10:00-13:00", "14:00-20:00"]'),
 }
 
 
@@ -129,6 +146,18 @@ def load_show(path: str | Path | None) -> ShowConfig:
         if not all(isinstance(w, str) and w.strip() for w in kw["blocked_words"]):
             raise ConfigError(path, r.key("blocked_words"), "a list of non-empty words", kw["blocked_words"])
         kw["blocked_words"] = tuple(kw["blocked_words"])
+    if "rotate" in kw and kw["rotate"] not in (0, 90, 180, 270):
+        raise ConfigError(path, r.key("rotate"), "0, 90, 180 or 270 (degrees clockwise)", kw["rotate"])
+    for key in ("dwell_seconds", "attract_seconds", "hold_seconds", "crossfade_seconds", "refresh_minutes",
+                "display_index", "drift_pixels"):
+        if key in kw and kw[key] < 0:
+            raise ConfigError(path, r.key(key), _TYPES[key][1] + " (not negative)", kw[key])
+    if "opening_hours" in kw:
+        try:
+            kw["opening_hours"] = parse_opening_hours(kw["opening_hours"])
+        except ValueError as exc:
+            raise ConfigError(path, r.key("opening_hours"), _TYPES["opening_hours"][1] + f" ({exc})",
+                              kw["opening_hours"]) from None
     if "device" in kw and not (kw["device"] in ("auto", "cpu", "cuda") or kw["device"].startswith("cuda:")):
         raise ConfigError(path, r.key("device"), "auto, cpu, cuda or cuda:N", kw["device"])
     return ShowConfig(**kw, config_path=path)
@@ -142,6 +171,54 @@ def _is_address(text: str) -> bool:
         return True
     except ValueError:
         return False
+
+
+def parse_opening_hours(value: str | list) -> tuple[tuple[int, int], ...]:
+    """ "10:00-18:00" or a list of such windows -> ((600, 1080),) in minutes after midnight.
+
+    A window may run past midnight ("18:00-02:00"); "" or [] means always open."""
+    items = [value] if isinstance(value, str) else list(value)
+    windows = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"{item!r} is not text")
+        if not item.strip():
+            continue
+        try:
+            a, b = (part.strip() for part in item.split("-"))
+            opens, closes = (_minutes(x) for x in (a, b))
+        except ValueError:
+            raise ValueError(f"{item!r} is not HH:MM-HH:MM") from None
+        if opens == closes:
+            raise ValueError(f"{item!r} opens and closes at the same time")
+        windows.append((opens, closes))
+    return tuple(windows)
+
+
+def _minutes(hhmm: str) -> int:
+    h, m = hhmm.split(":")
+    if not (h.isdigit() and m.isdigit() and len(m) == 2):
+        raise ValueError(hhmm)
+    h_, m_ = int(h), int(m)
+    if not (0 <= h_ <= 24 and 0 <= m_ < 60) or (h_ == 24 and m_):
+        raise ValueError(hhmm)
+    return h_ * 60 + m_
+
+
+def is_open(cfg: ShowConfig, when: float | None = None) -> bool:
+    """Whether the show is open at ``when`` (seconds since the epoch, local time; default now)."""
+    import time
+
+    if not cfg.opening_hours:
+        return True
+    t = time.localtime(when)
+    minute = t.tm_hour * 60 + t.tm_min
+    for opens, closes in cfg.opening_hours:
+        if opens < closes and opens <= minute < closes:
+            return True
+        if opens > closes and (minute >= opens or minute < closes):  # past midnight
+            return True
+    return False
 
 
 def lan_address() -> str:

@@ -24,7 +24,8 @@ from typing import Any
 
 from exhibits.config import ConfigError, Exhibit, load_exhibits
 from exhibits.playlist import Playlist
-from exhibits.show import ShowConfig
+from exhibits import wake
+from exhibits.show import ShowConfig, is_open
 from exhibits.store import Job, Store
 
 log = logging.getLogger(__name__)
@@ -150,8 +151,8 @@ class Worker:
         if not self.top_up or self._playlist is None or self.batch:
             return
         now = time.monotonic()
-        if now - self._last_playlist < self.cfg.playlist_interval:
-            return
+        if now - self._last_playlist < self.cfg.playlist_interval or not is_open(self.cfg):
+            return  # paced to the screen; at night (outside opening_hours) the screen is dark: nothing to make
         free_mb = shutil.disk_usage(self.store.root).free // 2**20
         if free_mb < self.cfg.min_free_mb:
             if self.store.prune_playlist_pieces(self.cfg.keep_playlist_pieces // 2) == 0:
@@ -220,6 +221,7 @@ class Worker:
                 if not self.store.publish_frame(job.id, self.id, frame_jpeg(image), step=step, total=total,
                                                 lease=self.lease):
                     cancelled.set()
+                wake.notify(self.store.root, "frame")  # the display shows it now, not at its next poll
             elif not self.store.heartbeat(job.id, self.id, lease=self.lease, step=step, total=total):
                 cancelled.set()
 
@@ -283,6 +285,7 @@ class Worker:
             self.store.fail(job.id, self.id, "writing the piece failed", retry=True)
             self.stats.failed += 1
             return
+        wake.notify(self.store.root, "piece")
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
         self.stats.done += 1
         self.stats.seconds.append(seconds)

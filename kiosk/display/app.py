@@ -1,40 +1,67 @@
-"""The kiosk display: a pygame loop that only blits, fed by a background loader."""
+"""The kiosk display: a pygame loop that draws only when something changed, fed by a background loader.
+
+What is on screen is decided here and in :mod:`kiosk.display.states`:
+
+- a piece someone asked for (a tap, a visitor's or staff prompt) holds the screen for ``cfg.dwell``
+  seconds before anything may replace it; such pieces queue for their turn and are never skipped;
+  playlist pieces never pre-empt them;
+- a tap shows its live frames, then crossfades from exactly what is on screen to the finished piece;
+- the frame loop redraws only on change (a fade, a live frame, a caption, a notice) and otherwise
+  sleeps until the loader or an input event wakes it;
+- burn-in protection: the picture drifts a few pixels, slowly; pieces alternate sides; the screen
+  fades through black at least every ``refresh_minutes``;
+- attract mode, opening hours (a dark screen at night), rotation for portrait monitors, the choice of
+  monitor, a hidden cursor, and a staff overlay (F12, Ctrl+Shift+S, or a 3-second press in the
+  top-left corner) with the show's status and a safe quit.
+"""
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pygame
 
-from exhibits.show import ShowConfig, public_base_url
+from exhibits.show import ShowConfig, is_open, public_base_url
 from exhibits.store import Store
 from kiosk.display import render
-from kiosk.display.loader import (FrameReady, LoadFailed, Loader, PieceReady, Pixels, Progress, Status,
-                                  TapFinished, TapQueued)
-from kiosk.display.states import Failsafe, Machine, Making, Showing, Welcome
+from kiosk.display.loader import (STORE_FAULTS, FrameReady, LoadFailed, Loader, PieceReady, Pixels, Progress,
+                                  Status, TapFinished, TapQueued)
+from kiosk.display.states import Attract, Failsafe, Machine, Making, Night, Showing, Welcome
 
 log = logging.getLogger(__name__)
 
 TAP_DEBOUNCE_SECONDS = 0.8
 MAX_MESSAGES_PER_FRAME = 4
-STAFF_QUIT_HELP = "Ctrl+Shift+Q quits the full-screen display; Escape or Q quits a window"
+MAX_PENDING_PIXELS = 6  # queued pieces beyond this keep only their id; they are decoded again at their turn
+IDLE_WAIT_SECONDS = 0.25  # with nothing moving the loop wakes at least this often (timers: hold, dwell, drift)
+STAFF_HOLD_SECONDS = 3.0  # press this long in the top-left corner for the staff overlay
+STAFF_CORNER = 0.1  # the corner's size as a fraction of the screen's short side
+OPEN_CHECK_SECONDS = 10.0
+STAFF_QUIT_HELP = "Ctrl+Shift+Q quits the full-screen display; Escape or Q quits a window; F12: staff overlay"
+EXIT_STAFF_QUIT = 4  # the exit status after staff quit from the overlay (systemd: RestartPreventExitStatus=4)
 
 
 @dataclass
 class DisplayStats:
-    frames: int = 0
+    frames: int = 0  # frames drawn and shown
+    ticks: int = 0  # loop iterations (most draw nothing when nothing changed)
     seconds: float = 0.0
-    frame_times: list[float] = field(default_factory=list)  # seconds between consecutive flips
-    work_times: list[float] = field(default_factory=list)  # seconds of work per frame (before waiting)
+    cpu_seconds: float = 0.0  # this process's CPU time while the display ran
+    frame_times: list[float] = field(default_factory=list)  # seconds between consecutive flips of an animation
+    work_times: list[float] = field(default_factory=list)  # seconds of work per drawn frame (before waiting)
     states_visited: list[str] = field(default_factory=list)
     state_errors: int = 0
     loader_errors: int = 0
+    store_faults: int = 0
     taps: int = 0
     taps_ignored: int = 0
+    staff_quit: bool = False
 
     def percentile_ms(self, q: float, which: str = "frame") -> float:
         data = sorted(self.frame_times if which == "frame" else self.work_times)
@@ -55,76 +82,140 @@ class DisplayStats:
         return 1000.0 * max(self.frame_times) if self.frame_times else 0.0
 
     def held_fraction(self, fps: float, slack: float = 1.25) -> float:
-        """Share of frames that arrived within ``slack`` times the frame period of ``fps``."""
+        """Share of animation frames that arrived within ``slack`` times the frame period of ``fps``."""
         if not self.frame_times:
             return 0.0
         limit = slack / fps
         return sum(1 for t in self.frame_times if t <= limit) / len(self.frame_times)
 
 
+@dataclass
+class Shown:
+    """The piece on screen."""
+
+    piece_id: int
+    job_id: int | None
+    reason: str
+    since: float  # when its crossfade began
+
+    @property
+    def protected(self) -> bool:
+        return self.reason in ("tap", "visitor")
+
+
 class Display:
-    """One display window. ``open()``, then ``tick()`` once per frame (``run()`` does this), then ``close()``."""
+    """One display window. ``open()``, then ``tick()`` once per loop (``run()`` does this), then ``close()``."""
 
     def __init__(self, cfg: ShowConfig, root: Path, *, clock: Callable[[], float] | None = None,
-                 failsafe_seconds: float = 5.0, poll_seconds: float = 0.25):
+                 failsafe_seconds: float = 5.0, poll_seconds: float = 0.25, always_redraw: bool = False,
+                 open_now: Callable[[], bool] | None = None):
         self.cfg = cfg
         self.root = Path(root)
         self.clock = clock or time.monotonic
         self.poll_seconds = poll_seconds
-        self.fonts = render.Fonts()
+        self.always_redraw = always_redraw  # the old loop: draw every frame (kept as the benchmark's baseline)
+        self.open_now = open_now or (lambda: is_open(cfg))
+        self.fonts: render.Fonts | None = None
         self.qrs = render.QRCache()
-        self.machine = Machine([Showing(), Making(), Welcome(), Failsafe(failsafe_seconds)], "showing")
+        self.machine = Machine([Showing(), Attract(), Making(), Welcome(), Failsafe(failsafe_seconds), Night()],
+                               "showing")
         self.stats = DisplayStats()
-        self.screen: pygame.Surface | None = None
+        self.window: pygame.Surface | None = None  # the real window
+        self.screen: pygame.Surface | None = None  # what states draw on (the window unless rotated/drifting)
         self.loader: Loader | None = None  # type: ignore[assignment]
         self.running = False
         # what the loader told us
         self.status: Status | None = None
-        self.incoming: PieceReady | None = None
-        self.incoming_surface: pygame.Surface | None = None
+        self.pending: deque[PieceReady] = deque()  # pieces someone asked for, in order: each gets its turn
+        self.incoming: PieceReady | None = None  # the newest playlist piece or the next in the cycle
         self.frame: tuple[Progress, pygame.Surface] | None = None
         # what is on screen
+        self.shown: Shown | None = None
         self.card: pygame.Surface | None = None
         self.card_base: pygame.Surface | None = None  # the card's picture without caption and QR
-        self.card_piece_id: int | None = None
-        self.prev_card: pygame.Surface | None = None
+        self.prev_card: pygame.Surface | None = None  # what was on screen when the crossfade began
         self.fade_start = 0.0
+        self.fade_black = False  # this crossfade goes through black (burn-in refresh)
+        self.last_black = 0.0
+        self.asked_at: float | None = None
         self.culprit: int | None = None
         self.live_turn = True
+        self.flip_side = False
         # taps
         self.tap_job: int | None = None
+        self.tap_follow: int | None = None  # the tap job whose piece goes on screen next, straight from its live view
         self.tap_prompt: str | None = None
+        self.live_tap_done = False  # the tap's live view just ended: its piece goes next, ahead of the queue
         self.tap_requested = False
         self.last_tap = -1e9
+        self.last_interaction = 0.0
+        self.press: tuple[float, tuple[int, int]] | None = None
+        # staff overlay
+        self.staff_open = False
+        self.staff_confirm_until = -1.0
+        self.staff_buttons: dict[str, pygame.Rect] = {}
+        self.exit_code = 0
+        # night
+        self.closed = False
+        self._open_checked = -1e9
+        self.night_touch = -1e9
+        # drawing
+        self.dirty = True
         self.app_url = ""
         self.frame_box = (1, 1)
-        self._last_flip = 0.0
+        self.drift = (0, 0)
+        self._last_flip: float | None = None
         self._corner: pygame.Surface | None = None
         self._pace = pygame.time.Clock()
+        self._wake_type = 0
+        self._held: list[pygame.event.Event] = []
+        self._signature: tuple = ()
 
     # -- lifecycle ------------------------------------------------------------
     def open(self) -> None:
         pygame.display.init()
         pygame.font.init()
-        if self.cfg.fullscreen:
-            self.screen = pygame.display.set_mode((0, 0), pygame.FULLSCREEN)
-            pygame.mouse.set_visible(False)
-        else:
-            self.screen = pygame.display.set_mode((self.cfg.width, self.cfg.height))
+        self.fonts = render.Fonts()
+        cfg = self.cfg
+        displays = pygame.display.get_num_displays()
+        index = cfg.display_index
+        if index >= displays:
+            log.warning("display_index %d: only %d monitor(s) found; using the first", index, displays)
+            index = 0
+        if cfg.fullscreen:
+            self.window = pygame.display.set_mode((0, 0), pygame.FULLSCREEN, display=index)
+        else:  # a window the size of the (unturned) screen
+            self.window = pygame.display.set_mode((cfg.width, cfg.height), display=index)
+        if cfg.hide_cursor and cfg.fullscreen:
+            pygame.mouse.set_visible(False)  # touches still arrive as FINGER*/MOUSEBUTTON* events
         pygame.display.set_caption("kiosk")
-        W, H = self.screen.get_size()
-        self.frame_box = (W, round(H * 0.82))
-        self.app_url = public_base_url(self.cfg)
-        self.loader = Loader(self.cfg, self.root, piece_box=(W, H), frame_box=self.frame_box,
-                             poll_seconds=self.poll_seconds)
+        W, H = self.window.get_size()
+        if cfg.rotate in (90, 270):
+            W, H = H, W
+        plain = cfg.rotate == 0 and cfg.drift_pixels == 0
+        self.screen = self.window if plain else pygame.Surface((W, H)).convert()
+        self.frame_box = (W, round(H * 0.82)) if W >= H else (W, round(H * 0.7))
+        self.app_url = public_base_url(cfg)
+        self._wake_type = pygame.event.custom_type()
+        self.loader = Loader(cfg, self.root, piece_box=(W, H), frame_box=self.frame_box,
+                             poll_seconds=self.poll_seconds, on_message=self._wake)
         self.loader.start()
         self.running = True
-        self._last_flip = time.perf_counter()
+        self.last_interaction = self.clock()
+        self.last_black = self.clock()
+
+    def _wake(self) -> None:
+        """Called from the loader thread: wake the frame loop (SDL's event queue is thread-safe)."""
+        try:
+            pygame.event.post(pygame.event.Event(self._wake_type))
+        except pygame.error:
+            pass  # the window is closing
 
     def close(self) -> None:
         if self.loader is not None:
             self.loader.stop()
             self.stats.loader_errors = self.loader.errors
+            self.stats.store_faults = self.loader.store_faults
         self.stats.states_visited = list(self.machine.visited)
         self.stats.state_errors = self.machine.errors
         pygame.display.quit()
@@ -139,47 +230,160 @@ class Display:
         assert self.screen is not None
         return self.screen.get_size()
 
-    # -- one frame --------------------------------------------------------------
+    @property
+    def card_piece_id(self) -> int | None:
+        return self.shown.piece_id if self.shown is not None else None
+
+    @property
+    def unit(self) -> int:
+        return render.unit(self.size)
+
+    # -- one loop ------------------------------------------------------------------
     def tick(self) -> None:
         assert self.screen is not None and self.loader is not None
         start = time.perf_counter()
         now = self.clock()
-        for event in pygame.event.get():
+        events, self._held = self._held + pygame.event.get(), []
+        for event in events:
             self.handle_event(event, now)
         self.drain(now)
-        self.machine.frame(self, self.screen, now)
-        if self.machine.current.overlay:
-            self.draw_overlay(self.screen)
-        pygame.display.flip()
-        done = time.perf_counter()
-        self.stats.work_times.append(done - start)
-        if self.cfg.fps > 0:
-            self._pace.tick(self.cfg.fps)
-        end = time.perf_counter()
-        self.stats.frame_times.append(end - self._last_flip)
-        self._last_flip = end
-        self.stats.frames += 1
+        self._check_hours(now)
+        self.machine.step(self, now)
+        fps = self.machine.current.animating(self, now)
+        drift = self._drift(now)
+        if drift != self.drift:
+            self.drift, self.dirty = drift, True
+        if self.staff_open:
+            self.dirty = True  # its clock and figures change; it is up only while staff look at it
+        draw = self.dirty or fps > 0 or self.always_redraw
+        if draw:
+            self.dirty = False
+            self.machine.draw(self, self.screen, now)
+            if self.machine.current.overlay:
+                self.draw_overlay(self.screen)
+            if self.staff_open:
+                self.draw_staff(self.screen, now)
+            self._present()
+            done = time.perf_counter()
+            self.stats.work_times.append(done - start)
+            self.stats.frames += 1
+        self.stats.ticks += 1
+        self._wait(fps if fps > 0 else (self.cfg.fps if self.always_redraw else 0.0))
+        if draw:
+            end = time.perf_counter()
+            if self._last_flip is not None and (fps > 0 or self.always_redraw):
+                self.stats.frame_times.append(end - self._last_flip)
+            self._last_flip = end if (fps > 0 or self.always_redraw) else None
         self.stats.states_visited = list(self.machine.visited)
         self.stats.state_errors = self.machine.errors
+
+    def _present(self) -> None:
+        assert self.window is not None and self.screen is not None
+        if self.screen is not self.window:
+            out = self.screen if self.cfg.rotate == 0 else pygame.transform.rotate(self.screen, -self.cfg.rotate)
+            dx, dy = self.drift
+            if dx or dy:
+                self.window.fill(render.BLACK)
+            self.window.blit(out, (dx, dy))
+        pygame.display.flip()
+
+    def _wait(self, fps: float) -> None:
+        """Hold the frame budget while animating; otherwise sleep until an event, a message or a timer."""
+        if self.cfg.fps <= 0:
+            return  # tests drive the loop by hand
+        if fps > 0:
+            self._pace.tick(min(fps, self.cfg.fps))
+            return
+        ev = pygame.event.wait(round(1000 * IDLE_WAIT_SECONDS))
+        if ev.type != pygame.NOEVENT:
+            self._held.append(ev)
+        self._pace.tick()  # keep the pacing clock's idea of the last frame current
+
+    def _drift(self, now: float) -> tuple[int, int]:
+        """A slow Lissajous wander of up to ``drift_pixels`` (about one pixel a minute), against burn-in."""
+        a = self.cfg.drift_pixels
+        if a <= 0:
+            return (0, 0)
+        period = max(60.0, 4 * 60.0 * a)
+        t = 2 * math.pi * now / period
+        return (round(a * math.sin(t)), round(a * math.sin(1.37 * t + 1.0)))
+
+    def _check_hours(self, now: float) -> None:
+        if now - self._open_checked < OPEN_CHECK_SECONDS:
+            return
+        self._open_checked = now
+        closed = not self.open_now()
+        if closed != self.closed:
+            self.closed = closed
+            log.info("display: %s (opening hours)", "closed for the night" if closed else "open")
+            self.machine.go(self, "night" if closed else "showing", now)
 
     # -- input ----------------------------------------------------------------
     def handle_event(self, event: pygame.event.Event, now: float) -> None:
         if event.type == pygame.QUIT:
             self.running = False
+        elif event.type == self._wake_type:
+            pass  # the loader has a message; drain() takes it
+        elif event.type in (pygame.WINDOWEXPOSED, pygame.VIDEOEXPOSE, pygame.WINDOWRESTORED):
+            self.dirty = True
         elif event.type == pygame.KEYDOWN:
-            if event.key in (pygame.K_ESCAPE, pygame.K_q):
-                staff = (event.mod & pygame.KMOD_CTRL) and (event.mod & pygame.KMOD_SHIFT)
-                if not self.cfg.fullscreen or (staff and event.key == pygame.K_q):
-                    log.info("display: quit key")
-                    self.running = False
-            elif event.key in (pygame.K_SPACE, pygame.K_RETURN, pygame.K_KP_ENTER):
-                self.tap(now)
+            self._key(event, now)
+        elif event.type in (pygame.MOUSEBUTTONDOWN, pygame.FINGERDOWN):
+            self.press = (now, self._event_pos(event))
         elif event.type in (pygame.MOUSEBUTTONUP, pygame.FINGERUP):
+            pos = self._event_pos(event)
+            press, self.press = self.press, None
+            if self.staff_open:
+                self._staff_touch(pos, now)
+            elif press is not None and now - press[0] >= STAFF_HOLD_SECONDS and self._in_corner(press[1]):
+                self.open_staff()
+            else:
+                self.tap(now)
+
+    def _key(self, event: pygame.event.Event, now: float) -> None:
+        staff = (event.mod & pygame.KMOD_CTRL) and (event.mod & pygame.KMOD_SHIFT)
+        if event.key == pygame.K_F12 or (staff and event.key == pygame.K_s):
+            self.open_staff() if not self.staff_open else self.close_staff()
+        elif self.staff_open and event.key in (pygame.K_ESCAPE,):
+            self.close_staff()
+        elif self.staff_open and event.key == pygame.K_q:
+            self._staff_quit(now)
+        elif event.key in (pygame.K_ESCAPE, pygame.K_q):
+            if not self.cfg.fullscreen or (staff and event.key == pygame.K_q):
+                log.info("display: quit key")
+                self.running = False
+        elif event.key in (pygame.K_SPACE, pygame.K_RETURN, pygame.K_KP_ENTER):
             self.tap(now)
+
+    def _event_pos(self, event: pygame.event.Event) -> tuple[int, int]:
+        """Where on the drawn (unrotated) picture a touch or click landed."""
+        assert self.window is not None
+        ww, wh = self.window.get_size()
+        if event.type in (pygame.FINGERDOWN, pygame.FINGERUP):
+            x, y = event.x * ww, event.y * wh
+        else:
+            x, y = getattr(event, "pos", (0, 0))
+        r = self.cfg.rotate
+        if r == 90:
+            x, y = y, ww - x
+        elif r == 180:
+            x, y = ww - x, wh - y
+        elif r == 270:
+            x, y = wh - y, x
+        return round(x), round(y)
+
+    def _in_corner(self, pos: tuple[int, int]) -> bool:
+        c = self.unit * STAFF_CORNER
+        return pos[0] <= c and pos[1] <= c
 
     def tap(self, now: float) -> bool:
         """A visitor asked for a new piece. Returns False when debounced (a tap job is already pending)."""
         assert self.loader is not None
+        self.last_interaction = now
+        if self.closed:
+            self.night_touch, self.dirty = now, True
+            self.stats.taps_ignored += 1
+            return False
         if self.tap_requested or self.tap_job is not None or now - self.last_tap < TAP_DEBOUNCE_SECONDS:
             self.stats.taps_ignored += 1
             return False
@@ -205,38 +409,106 @@ class Display:
     def receive(self, msg: object, now: float) -> None:
         if isinstance(msg, Status):
             self.status = msg
+            sig = (self.notice, msg.store_ok, msg.progress.step if msg.progress else None, msg.alive)
+            if sig != self._signature:
+                self._signature, self.dirty = sig, True
         elif isinstance(msg, PieceReady):
-            if self.incoming is not None and self.incoming.reason == "tap" and msg.reason != "tap":
-                return  # a visitor's own piece goes first
-            self.incoming, self.incoming_surface = msg, to_surface(msg.pixels)
+            if msg.protected:
+                if any(p.piece.id == msg.piece.id for p in self.pending) or self.card_piece_id == msg.piece.id:
+                    return
+                if len(self.pending) >= MAX_PENDING_PIXELS:
+                    msg = PieceReady(msg.piece, Pixels(b"", (0, 0)), msg.url, msg.reason)  # decoded again later
+                self.pending.append(msg)
+            elif msg.reason == "reload":
+                for i, p in enumerate(self.pending):
+                    if p.piece.id == msg.piece.id:
+                        self.pending[i] = PieceReady(msg.piece, msg.pixels, msg.url, p.reason)
+            else:
+                self.incoming = msg  # the newest wins
         elif isinstance(msg, FrameReady):
             self.frame = (msg.progress, to_surface(msg.pixels))
+            if self.state == "making":
+                self.dirty = True
         elif isinstance(msg, TapQueued):
             self.tap_requested = False
-            self.tap_job = msg.job.id
+            self.tap_job = self.tap_follow = msg.job.id
             self.tap_prompt = msg.job.prompt_text
             self.frame = None if self.frame is None or self.frame[0].job_id != msg.job.id else self.frame
-            self.machine.go(self, "making", now)
+            self.dirty = True
         elif isinstance(msg, TapFinished):
             if msg.job.id == self.tap_job:
                 self.tap_job = None
                 if msg.job.status != "done":
+                    self.tap_follow = None
                     log.warning("tap job %d ended %s: %s", msg.job.id, msg.job.status, msg.job.error)
         elif isinstance(msg, LoadFailed):
+            if msg.piece_id is not None:
+                for p in [p for p in self.pending if p.piece.id == msg.piece_id]:
+                    self.pending.remove(p)
             log.warning("display: could not load %s: %s", msg.what, msg.error)
 
-    def take_incoming(self, now: float) -> None:
-        """Turn the waiting piece into a full-screen card and start the crossfade (called by ``showing``)."""
-        ready, surface = self.incoming, self.incoming_surface
-        self.incoming = self.incoming_surface = None
-        if ready is None or surface is None:
-            return
+    # -- what goes on screen next -------------------------------------------------
+    def dwell_left(self, now: float) -> float:
+        """Seconds the piece on screen still holds it against anything else (0 when it may be replaced)."""
+        if self.shown is None or not self.shown.protected:
+            return 0.0
+        return max(0.0, self.shown.since + self.cfg.crossfade_seconds + self.cfg.dwell - now)
+
+    def tap_piece_ready(self) -> bool:
+        return self.tap_follow is not None and any(p.piece.job_id == self.tap_follow for p in self.pending)
+
+    def next_ready(self) -> PieceReady | None:
+        """What would go on screen next: the followed tap's piece, else the first piece someone asked for,
+        else the newest playlist piece (or the next in the cycle)."""
+        if self.live_tap_done:
+            for p in self.pending:
+                if self.tap_follow is not None and p.piece.job_id == self.tap_follow:
+                    return p
+        return self.pending[0] if self.pending else self.incoming
+
+    def tap_waiting(self) -> bool:
+        """A tap's job is being made but the screen is still promised to another piece."""
+        return self.tap_job is not None or self.tap_requested
+
+    def take_next(self, now: float) -> bool:
+        """Put the next piece on screen with a crossfade from whatever is there now (called by ``showing``)."""
+        ready = self.next_ready()
+        if ready is None:
+            return False
+        if ready in self.pending:
+            self.pending.remove(ready)
+            if not ready.pixels.rgb:  # it waited without its pixels: decode it again, keep its place
+                assert self.loader is not None
+                self.pending.appendleft(ready)
+                self.loader.request_reload(ready.piece.id)
+                return False
+            if ready.piece.job_id == self.tap_follow:
+                self.tap_follow = None
+                self.live_tap_done = False
+        else:
+            self.incoming = None
         self.culprit = ready.piece.id
-        base, card = render.build_card(self.fonts, self.qrs, self.size, surface, ready.piece, ready.url)
+        surface = to_surface(ready.pixels)
+        self.flip_side = not self.flip_side
+        base, card = render.build_card(self.fonts, self.qrs, self.size, surface, ready.piece, ready.url,
+                                       self.app_url, flip=self.flip_side)
         self.culprit = None
-        self.prev_card = self.card if self.card is not None and self.cfg.crossfade_seconds > 0 else None
-        self.card, self.card_base, self.card_piece_id = card, base, ready.piece.id
+        fade = self.cfg.crossfade_seconds > 0
+        self.prev_card = self.screen.copy() if fade and self.screen is not None and self._last_drawn else None
+        refresh = self.cfg.refresh_minutes
+        self.fade_black = fade and refresh > 0 and now - self.last_black >= refresh * 60
+        if self.fade_black:
+            self.last_black = now
+        self.card, self.card_base = card, base
+        self.shown = Shown(ready.piece.id, ready.piece.job_id, ready.reason, now)
         self.fade_start = now
+        self.asked_at = None
+        self.dirty = True
+        return True
+
+    @property
+    def _last_drawn(self) -> bool:
+        return self.stats.frames > 0
 
     def on_state_error(self, exc: BaseException) -> None:
         """A state raised: never show the piece that was being prepared again."""
@@ -249,7 +521,11 @@ class Display:
     @property
     def notice(self) -> str | None:
         """The unobtrusive worker notice, or None when a renderer is answering."""
-        if self.status is None or self.status.alive:
+        if self.status is None:
+            return None
+        if not self.status.store_ok:
+            return "the archive cannot be read — showing what is on screen"
+        if self.status.alive:
             return None
         if self.status.ever_alive:
             return "renderer offline — showing the archive"
@@ -257,33 +533,109 @@ class Display:
 
     def draw_overlay(self, screen: pygame.Surface) -> None:
         W, H = screen.get_size()
-        m = max(8, round(H * 0.03))
-        if self._corner is None:
-            self._corner = self._corner_qr(H)
-        screen.blit(self._corner, (m - m // 3, m - m // 3))
+        u = self.unit
+        m = max(8, round(u * 0.03))
+        if self.state == "making":
+            if self._corner is None:
+                self._corner = self._corner_qr(u)
+            screen.blit(self._corner, (m - m // 3, m - m // 3))
         notice = self.notice
         if notice:
-            small = round(H * 0.028)
-            s = render.text(self.fonts, notice, small, render.DIM)
             pad = m // 3
-            box = render.panel((s.get_width() + 2 * pad, s.get_height() + 2 * pad), radius=pad)
-            screen.blit(box, (W - m - box.get_width(), m))
-            screen.blit(s, (W - m - box.get_width() + pad, m + pad))
+            lines = render.paragraph(self.fonts, notice, round(u * render.MIN_TEXT), W - 2 * m - 2 * pad, 2,
+                                     render.DIM)
+            w = max(s.get_width() for s in lines) + 2 * pad
+            box = render.panel((w, sum(s.get_height() for s in lines) + 2 * pad), radius=pad)
+            screen.blit(box, (W - m - w, m))
+            render.blit_lines(screen, lines, W - m - w + pad, m + pad, 0)
 
-    def _corner_qr(self, H: int) -> pygame.Surface:
-        """The web app's QR with its two-line label on a translucent panel (composed once)."""
-        m = max(8, round(H * 0.03))
+    def _corner_qr(self, u: int) -> pygame.Surface:
+        """The web app's QR with its label on a translucent panel (composed once)."""
+        m = max(8, round(u * 0.03))
         pad = m // 3
-        qr = self.qrs.get(self.app_url, round(H * 0.14))
-        small = round(H * 0.028)
-        lines = [render.text(self.fonts, "make your own:", small, render.DIM),
-                 render.text(self.fonts, "scan to send a prompt", small, render.DIM)]
+        qr = self.qrs.get(self.app_url, round(u * 0.15))
+        small = round(u * render.MIN_TEXT)
+        lines = render.paragraph(self.fonts, "send your own prompt", small, qr.get_width() + 4 * pad, 2, render.DIM)
         w = max(qr.get_width(), *(s.get_width() for s in lines)) + 2 * pad
         h = qr.get_height() + pad + sum(s.get_height() + 2 for s in lines) + 2 * pad
         surf = render.panel((w, h), radius=pad)
         surf.blit(qr, (pad, pad))
         render.blit_lines(surf, lines, pad, 2 * pad + qr.get_height(), 2)
         return surf
+
+    # -- staff overlay -------------------------------------------------------------------
+    def open_staff(self) -> None:
+        log.info("display: staff overlay opened")
+        self.staff_open, self.dirty = True, True
+        self.staff_confirm_until = -1.0
+
+    def close_staff(self) -> None:
+        self.staff_open, self.dirty = False, True
+
+    def _staff_quit(self, now: float) -> None:
+        if now <= self.staff_confirm_until:
+            log.info("display: staff quit from the overlay")
+            self.stats.staff_quit = True
+            self.exit_code = EXIT_STAFF_QUIT
+            self.running = False
+        else:
+            self.staff_confirm_until = now + 5.0
+            self.dirty = True
+
+    def _staff_touch(self, pos: tuple[int, int], now: float) -> None:
+        for name, rect in self.staff_buttons.items():
+            if rect.collidepoint(pos):
+                if name == "quit":
+                    self._staff_quit(now)
+                else:
+                    self.close_staff()
+                return
+
+    def staff_lines(self, now: float) -> list[str]:
+        st = self.status
+        hours = ", ".join(f"{a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d}" for a, b in self.cfg.opening_hours)
+        lines = [
+            f"state: {self.state}" + (" (closed: outside opening hours)" if self.closed else ""),
+            f"on screen: piece {self.card_piece_id}" if self.card_piece_id else "on screen: no piece yet",
+            f"waiting their turn: {len(self.pending)} piece(s)",
+            "renderer: " + ("?" if st is None else "running" if st.alive else "offline"),
+            "archive: " + ("?" if st is None else f"{st.pieces} pieces, {st.queued} jobs queued" if st.store_ok
+                           else "CANNOT BE READ (see the log)"),
+            f"opening hours: {hours or 'always open'}",
+            f"web app: {self.app_url}",
+            f"screen: {self.size[0]}x{self.size[1]}, rotate {self.cfg.rotate}, monitor {self.cfg.display_index}",
+            f"errors: {self.machine.errors} on screen, {self.loader.errors if self.loader else 0} loading",
+        ]
+        return lines
+
+    def draw_staff(self, screen: pygame.Surface, now: float) -> None:
+        W, H = screen.get_size()
+        u = self.unit
+        m = round(u * 0.04)
+        size = round(u * render.MIN_TEXT)
+        box = pygame.Rect(m, m, W - 2 * m, H - 2 * m)
+        screen.blit(render.panel(box.size, (10, 10, 12, 235), radius=m // 2), box.topleft)
+        y = box.top + m
+        title = render.text(self.fonts, "Staff", round(u * render.TEXT["title"]), render.ACCENT, bold=True)
+        screen.blit(title, (box.left + m, y))
+        y += title.get_height() + m // 2
+        for line in self.staff_lines(now):
+            s = render.text(self.fonts, line, size)
+            screen.blit(s, (box.left + m, y))
+            y += s.get_height() + m // 4
+        confirm = now <= self.staff_confirm_until
+        labels = {"close": "close (Esc)", "quit": "really quit? tap again" if confirm else "quit the display (Q)"}
+        bx = box.left + m
+        by = box.bottom - m - round(u * 0.1)
+        self.staff_buttons = {}
+        for name, label in labels.items():
+            s = render.text(self.fonts, label, size, render.BLACK)
+            r = pygame.Rect(bx, by, s.get_width() + m, round(u * 0.1))
+            pygame.draw.rect(screen, (200, 60, 50) if name == "quit" and confirm else render.ACCENT if name == "quit"
+                             else render.WHITE, r, border_radius=m // 3)
+            screen.blit(s, s.get_rect(center=r.center))
+            self.staff_buttons[name] = r
+            bx = r.right + m
 
 
 def to_surface(pixels: Pixels) -> pygame.Surface:
@@ -293,25 +645,34 @@ def to_surface(pixels: Pixels) -> pygame.Surface:
 
 def run(cfg: ShowConfig, store: Store | None = None, *, max_frames: int | None = None,
         max_seconds: float | None = None, screenshot: Path | None = None,
-        clock: Callable[[], float] | None = None) -> DisplayStats:
-    """Run the display until quit (or ``max_frames`` / ``max_seconds``); optionally save the last frame."""
+        clock: Callable[[], float] | None = None, always_redraw: bool = False) -> DisplayStats:
+    """Run the display until quit (or ``max_frames`` loops / ``max_seconds``); optionally save the last frame.
+
+    A store that cannot be opened does not stop the display: the loader keeps trying (and says so)."""
     root = store.root if store is not None else Path(cfg.data_dir)
     if store is None:
-        Store(root).close()  # create the archive before the loader opens it
-    display = Display(cfg, root, clock=clock)
+        try:
+            Store(root).close()  # create the archive before the loader opens it
+        except STORE_FAULTS as exc:
+            log.error("the archive at %s cannot be opened (%s: %s); the display starts anyway and keeps trying",
+                      root, type(exc).__name__, exc)
+    display = Display(cfg, root, clock=clock, always_redraw=always_redraw)
     display.open()
     started = time.monotonic()
+    cpu0 = time.process_time()
     try:
         while display.running:
             display.tick()
-            if max_frames is not None and display.stats.frames >= max_frames:
+            if max_frames is not None and display.stats.ticks >= max_frames:
                 break
             if max_seconds is not None and time.monotonic() - started >= max_seconds:
                 break
-        if screenshot is not None and display.screen is not None:
+        if screenshot is not None and display.window is not None:
             Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
-            pygame.image.save(display.screen, str(screenshot))
+            pygame.image.save(display.window, str(screenshot))
     finally:
         display.stats.seconds = time.monotonic() - started
+        display.stats.cpu_seconds = time.process_time() - cpu0
         display.close()
+    display.stats.staff_quit = display.exit_code == EXIT_STAFF_QUIT
     return display.stats

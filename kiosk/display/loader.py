@@ -11,19 +11,24 @@ from __future__ import annotations
 import logging
 import queue
 import random
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from exhibits import wake
 from exhibits.show import ShowConfig, piece_url, public_base_url
-from exhibits.store import Job, Piece, Store
+from exhibits.store import Job, Piece, Store, StoreError
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.25
 RECENT_LIMIT = 30
+STORE_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)  # pauses before reopening a store that failed
+PROTECTED_SOURCES = ("tap", "visitor", "staff")  # their pieces wait for their turn; they are never skipped
+STORE_FAULTS = (sqlite3.Error, OSError, StoreError)
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,9 @@ class Status:
     ever_alive: bool  # a worker has answered since the display started
     has_pieces: bool
     progress: "Progress | None"
+    store_ok: bool = True  # False: the archive cannot be read right now (the display keeps what it has)
+    queued: int = 0  # jobs waiting (for the staff overlay)
+    pieces: int = 0
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,12 @@ class PieceReady:
     piece: Piece
     pixels: Pixels
     url: str
-    reason: str  # "new" (it just landed), "cycle", "tap"
+    reason: str  # "new" (a playlist piece just landed), "cycle", "tap", "visitor" (a visitor's or staff prompt)
+
+    @property
+    def protected(self) -> bool:
+        """A piece someone asked for: it holds the screen for the dwell time and is never skipped."""
+        return self.reason in ("tap", "visitor")
 
 
 @dataclass(frozen=True)
@@ -116,7 +129,8 @@ class Loader(threading.Thread):
     """Polls the store and decodes images for the display; talk to it only through its methods and ``outbox``."""
 
     def __init__(self, cfg: ShowConfig, root: Path, *, piece_box: tuple[int, int], frame_box: tuple[int, int],
-                 poll_seconds: float = POLL_SECONDS, queue_size: int = 8, seed: int | None = None):
+                 poll_seconds: float = POLL_SECONDS, queue_size: int = 8, seed: int | None = None,
+                 on_message: Callable[[], None] | None = None, listen: bool = True):
         super().__init__(name="kiosk-display-loader", daemon=True)
         self.cfg = cfg
         self.root = Path(root)
@@ -135,8 +149,17 @@ class Loader(threading.Thread):
         self._frame_at: tuple[int, float | None] | None = None
         self._ever_alive = False
         self._tap_exhibits: dict[str, Any] | None = None
+        self._posted: set[int] = set()  # pieces someone asked for that were handed to the display
+        self._sources: dict[int, str] = {}  # job id -> source, for the pieces seen
         self.errors = 0
+        self.store_faults = 0
         self.base_url = ""
+        self.on_message = on_message  # called after each message (the display wakes its frame loop)
+        self._listen = listen
+        self._listener: wake.Listener | None = None
+        self._store_ok = True
+        self._shown_any = False
+        self.wakes = 0
 
     # -- the display's side -------------------------------------------------
     def request_tap(self) -> None:
@@ -144,6 +167,10 @@ class Loader(threading.Thread):
 
     def request_next(self, after_id: int | None) -> None:
         self._commands.put(("next", after_id))
+
+    def request_reload(self, piece_id: int) -> None:
+        """Decode a queued piece again (the display let go of its pixels while it waited)."""
+        self._commands.put(("reload", piece_id))
 
     def quarantine(self, piece_id: int) -> None:
         """Never hand this piece out again (it broke the display)."""
@@ -160,15 +187,18 @@ class Loader(threading.Thread):
 
     # -- the thread ---------------------------------------------------------
     def run(self) -> None:
-        try:
-            self._store = Store(self.root)
-            self.base_url = public_base_url(self.cfg)
-        except Exception:  # noqa: BLE001 - the display keeps its last picture; say why in the log
-            log.exception("the display cannot open the store at %s", self.root)
-            self.errors += 1
-            return
+        self.base_url = public_base_url(self.cfg)
+        self._start_listener()
         next_poll = 0.0
+        failures = 0
         while not self._stop_event.is_set():
+            if self._store is None:
+                if not self._open_store():
+                    failures += 1
+                    pause = STORE_RETRY_SECONDS[min(failures, len(STORE_RETRY_SECONDS)) - 1]
+                    if self._stop_event.wait(pause):
+                        break
+                    continue
             timeout = max(0.0, next_poll - time.monotonic())
             try:
                 cmd, arg = self._commands.get(timeout=timeout)
@@ -180,21 +210,91 @@ class Loader(threading.Thread):
                 self._handle(cmd, arg)
                 if cmd == "poll":
                     next_poll = time.monotonic() + self.poll_seconds
+                    failures = 0
+                    self._set_store_ok(True)
+            except STORE_FAULTS as exc:  # damaged, missing, locked, full: drop the connection, try again soon
+                self.errors += 1
+                self.store_faults += 1
+                failures += 1
+                log.error("display loader: the archive cannot be read (%s: %s); keeping the screen as it is, "
+                          "retrying", type(exc).__name__, exc)
+                self._close_store()
+                self._set_store_ok(False)
+                pause = STORE_RETRY_SECONDS[min(failures, len(STORE_RETRY_SECONDS)) - 1]
+                if self._stop_event.wait(pause):
+                    break
+                next_poll = 0.0
             except Exception as exc:  # noqa: BLE001 - one bad poll must not end the show
                 self.errors += 1
                 log.exception("display loader: %s failed", cmd)
                 self._post(LoadFailed(None, cmd, f"{type(exc).__name__}: {exc}"), important=False)
                 next_poll = time.monotonic() + self.poll_seconds
+        self._close_store()
+        if self._listener is not None:
+            self._listener.close()
+
+    def _open_store(self) -> bool:
+        try:
+            self._store = Store(self.root)
+            self._store.latest_piece_id()  # a file that is not a database fails here, not later
+            return True
+        except STORE_FAULTS as exc:
+            self.errors += 1
+            self.store_faults += 1
+            log.error("the display cannot open the archive at %s (%s: %s); retrying", self.root,
+                      type(exc).__name__, exc)
+            self._close_store()
+            self._set_store_ok(False)
+            return False
+
+    def _close_store(self) -> None:
         if self._store is not None:
-            self._store.close()
+            try:
+                self._store.close()
+            except STORE_FAULTS:
+                pass
+            self._store = None
+
+    def _set_store_ok(self, ok: bool) -> None:
+        if ok != self._store_ok:
+            self._store_ok = ok
+            if not ok:
+                self._post(Status(False, self._ever_alive, self._shown_any, None, store_ok=False), important=False)
+
+    def _start_listener(self) -> None:
+        """Wake on the worker's datagrams (see exhibits.wake); without them the poll alone does the work."""
+        if not self._listen:
+            return
+        try:
+            self._listener = wake.Listener(self.root)
+        except OSError as exc:
+            log.warning("display: no wake-up socket (%s); polling every %.2f s", exc, self.poll_seconds)
+            return
+        threading.Thread(target=self._listen_loop, name="kiosk-display-wake", daemon=True).start()
+
+    def _listen_loop(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        while not self._stop_event.is_set():
+            try:
+                word = listener.wait(0.5)
+            except OSError:
+                return
+            if word is not None:
+                self.wakes += 1
+                self._commands.put(("wake", word))
 
     def _handle(self, cmd: str, arg: Any) -> None:
-        if cmd == "poll":
+        if cmd in ("poll", "wake"):
             self._poll()
         elif cmd == "tap":
             self._tap()
         elif cmd == "next":
             self._next(arg)
+        elif cmd == "reload":
+            if not self._load_piece(int(arg), "reload"):
+                piece = self._store.get_piece(int(arg)) if self._store is not None else None
+                self._post(LoadFailed(int(arg), piece.image_path if piece else "piece", "gone"), important=False)
         elif cmd == "bad":
             self._bad.add(int(arg))
 
@@ -203,10 +303,13 @@ class Loader(threading.Thread):
         while not self._stop_event.is_set():
             try:
                 self.outbox.put(msg, timeout=0.2 if important else 0)
-                return
             except queue.Full:
                 if not important:
                     return
+                continue
+            if self.on_message is not None:
+                self.on_message()
+            return
 
     def _poll(self) -> None:
         store = self._store
@@ -217,27 +320,59 @@ class Loader(threading.Thread):
         self._check_follow()
         latest = store.latest_piece_id()
         if latest > self._last_new_id:
-            first = self._last_new_id == 0
-            self._last_new_id = latest
-            if latest not in self._bad:
-                self._load_piece(latest, "cycle" if first else "new")
+            self._new_pieces(latest)
         progress = _progress(progress_job) if progress_job else None
-        self._post(Status(alive, self._ever_alive, latest > 0, progress),
-                   important=False)
+        self._post(Status(alive, self._ever_alive, latest > 0, progress, store_ok=True,
+                          queued=store.count_queued(), pieces=store.count_pieces()), important=False)
         if self._want_frames.is_set():
             job = store.get_job(self._follow.job_id) if self._follow else progress_job
             if job is not None and job.status == "running" and job.frame_path:
                 key = (job.id, job.frame_at)
                 if key != self._frame_at:
                     self._frame_at = key
-                    pixels = decode_fitted(store.path(job.frame_path), self.frame_box)
-                    self._post(FrameReady(_progress(job), pixels), important=False)
+                    try:
+                        pixels = decode_fitted(store.path(job.frame_path), self.frame_box)
+                    except (OSError, ValueError, SyntaxError) as exc:  # replaced or removed as we read it
+                        log.debug("progress frame of job %d not readable: %s", job.id, exc)
+                    else:
+                        self._post(FrameReady(_progress(job), pixels), important=False)
 
-    def _load_piece(self, piece_id: int, reason: str) -> bool:
+    def _new_pieces(self, latest: int) -> None:
+        """Pieces that landed since the last poll: every one someone asked for (oldest first, each gets its
+        turn on screen), and of the playlist's only the newest. On the first poll: the newest piece that can
+        be shown (a broken newest file does not leave the screen empty)."""
         store = self._store
         assert store is not None
-        piece = store.get_piece(piece_id)
-        if piece is None:
+        first = self._last_new_id == 0
+        since = self._last_new_id
+        self._last_new_id = latest
+        if first:
+            if not self._load_piece(latest, "cycle"):
+                self._next(latest)
+            return
+        fresh = [p for p in store.recent_pieces(RECENT_LIMIT) if p.id > since and p.id not in self._bad]
+        fresh.reverse()  # oldest first
+        asked = [p for p in fresh if self._source(p) in PROTECTED_SOURCES and p.id not in self._posted]
+        for piece in asked:
+            self._load_piece(piece.id, "tap" if self._source(piece) == "tap" else "visitor", piece)
+        rest = [p for p in fresh if p not in asked and p.id not in self._posted]
+        for piece in reversed(rest):  # the newest playlist piece that can be shown
+            if self._load_piece(piece.id, "new", piece):
+                break
+
+    def _source(self, piece: Piece) -> str:
+        if piece.job_id is None:
+            return "playlist"
+        if piece.job_id not in self._sources:
+            job = self._store.get_job(piece.job_id) if self._store is not None else None
+            self._sources[piece.job_id] = job.source if job is not None else "playlist"
+        return self._sources[piece.job_id]
+
+    def _load_piece(self, piece_id: int, reason: str, piece: Piece | None = None) -> bool:
+        store = self._store
+        assert store is not None
+        piece = piece or store.get_piece(piece_id)
+        if piece is None or piece_id in self._bad:
             return False
         try:
             pixels = decode_fitted(store.path(piece.image_path), self.piece_box)
@@ -245,8 +380,13 @@ class Loader(threading.Thread):
             self.errors += 1
             self._bad.add(piece_id)
             log.warning("piece %d cannot be shown (%s): %s", piece_id, piece.image_path, exc)
-            self._post(LoadFailed(piece_id, piece.image_path, f"{type(exc).__name__}: {exc}"))
+            self._post(LoadFailed(piece_id, piece.image_path, f"{type(exc).__name__}: {exc}"), important=False)
             return False
+        if reason in ("tap", "visitor"):
+            self._posted.add(piece_id)
+            if len(self._posted) > 1000:
+                self._posted = set(sorted(self._posted)[-500:])
+        self._shown_any = True
         self._post(PieceReady(piece, pixels, piece_url(self.cfg, piece.id), reason))
         return True
 
@@ -310,8 +450,8 @@ class Loader(threading.Thread):
         job = store.get_job(self._follow.job_id)
         if job is None or job.status in ("done", "failed", "cancelled"):
             self._follow = None
-            if job is not None and job.status == "done" and job.piece_id is not None:
-                self._last_new_id = max(self._last_new_id, job.piece_id)
+            if job is not None and job.status == "done" and job.piece_id is not None \
+                    and job.piece_id not in self._posted:
                 self._load_piece(job.piece_id, "tap")
             if job is not None:
                 self._post(TapFinished(job))
