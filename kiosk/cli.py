@@ -197,9 +197,11 @@ def cmd_demo(args: argparse.Namespace, cfg: ShowConfig) -> int:
 def cmd_display(args: argparse.Namespace, cfg: ShowConfig) -> int:
     from kiosk.display import run as run_display
 
+    from kiosk.display.staff import EXIT_STAFF_QUIT
+
     _exit_on_sigterm()
-    run_display(cfg, max_seconds=args.seconds, screenshot=args.screenshot)
-    return 0
+    stats = run_display(cfg, max_seconds=args.seconds, screenshot=args.screenshot)
+    return EXIT_STAFF_QUIT if stats.staff_quit else 0
 
 
 def cmd_worker(args: argparse.Namespace, cfg: ShowConfig) -> int:

@@ -32,6 +32,7 @@ from exhibits.store import Store
 from kiosk.display import render
 from kiosk.display.loader import (STORE_FAULTS, FrameReady, LoadFailed, Loader, PieceReady, Pixels, Progress,
                                   Status, TapFinished, TapQueued)
+from kiosk.display.staff import EXIT_STAFF_QUIT, StaffOverlay
 from kiosk.display.states import Attract, Failsafe, Machine, Making, Night, Showing, Welcome
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ STAFF_HOLD_SECONDS = 3.0  # press this long in the top-left corner for the staff
 STAFF_CORNER = 0.1  # the corner's size as a fraction of the screen's short side
 OPEN_CHECK_SECONDS = 10.0
 STAFF_QUIT_HELP = "Ctrl+Shift+Q quits the full-screen display; Escape or Q quits a window; F12: staff overlay"
-EXIT_STAFF_QUIT = 4  # the exit status after staff quit from the overlay (systemd: RestartPreventExitStatus=4)
 
 
 @dataclass
@@ -150,10 +150,7 @@ class Display:
         self.last_tap = -1e9
         self.last_interaction = 0.0
         self.press: tuple[float, tuple[int, int]] | None = None
-        # staff overlay
-        self.staff_open = False
-        self.staff_confirm_until = -1.0
-        self.staff_buttons: dict[str, pygame.Rect] = {}
+        self.staff = StaffOverlay()
         self.exit_code = 0
         # night
         self.closed = False
@@ -253,16 +250,16 @@ class Display:
         drift = self._drift(now)
         if drift != self.drift:
             self.drift, self.dirty = drift, True
-        if self.staff_open:
-            self.dirty = True  # its clock and figures change; it is up only while staff look at it
+        if self.staff.shown:
+            self.dirty = True  # its figures change; it is up only while staff look at it
         draw = self.dirty or fps > 0 or self.always_redraw
         if draw:
             self.dirty = False
             self.machine.draw(self, self.screen, now)
             if self.machine.current.overlay:
                 self.draw_overlay(self.screen)
-            if self.staff_open:
-                self.draw_staff(self.screen, now)
+            if self.staff.shown:
+                self.staff.draw(self, self.screen, now)
             self._present()
             done = time.perf_counter()
             self.stats.work_times.append(done - start)
@@ -333,21 +330,21 @@ class Display:
         elif event.type in (pygame.MOUSEBUTTONUP, pygame.FINGERUP):
             pos = self._event_pos(event)
             press, self.press = self.press, None
-            if self.staff_open:
-                self._staff_touch(pos, now)
+            if self.staff.shown:
+                self.staff.touch(self, pos, now)
             elif press is not None and now - press[0] >= STAFF_HOLD_SECONDS and self._in_corner(press[1]):
-                self.open_staff()
+                self.staff.open(self)
             else:
                 self.tap(now)
 
     def _key(self, event: pygame.event.Event, now: float) -> None:
         staff = (event.mod & pygame.KMOD_CTRL) and (event.mod & pygame.KMOD_SHIFT)
         if event.key == pygame.K_F12 or (staff and event.key == pygame.K_s):
-            self.open_staff() if not self.staff_open else self.close_staff()
-        elif self.staff_open and event.key in (pygame.K_ESCAPE,):
-            self.close_staff()
-        elif self.staff_open and event.key == pygame.K_q:
-            self._staff_quit(now)
+            self.staff.close(self) if self.staff.shown else self.staff.open(self)
+        elif self.staff.shown and event.key == pygame.K_ESCAPE:
+            self.staff.close(self)
+        elif self.staff.shown and event.key == pygame.K_q:
+            self.staff.quit(self, now)
         elif event.key in (pygame.K_ESCAPE, pygame.K_q):
             if not self.cfg.fullscreen or (staff and event.key == pygame.K_q):
                 log.info("display: quit key")
@@ -562,81 +559,6 @@ class Display:
         surf.blit(qr, (pad, pad))
         render.blit_lines(surf, lines, pad, 2 * pad + qr.get_height(), 2)
         return surf
-
-    # -- staff overlay -------------------------------------------------------------------
-    def open_staff(self) -> None:
-        log.info("display: staff overlay opened")
-        self.staff_open, self.dirty = True, True
-        self.staff_confirm_until = -1.0
-
-    def close_staff(self) -> None:
-        self.staff_open, self.dirty = False, True
-
-    def _staff_quit(self, now: float) -> None:
-        if now <= self.staff_confirm_until:
-            log.info("display: staff quit from the overlay")
-            self.stats.staff_quit = True
-            self.exit_code = EXIT_STAFF_QUIT
-            self.running = False
-        else:
-            self.staff_confirm_until = now + 5.0
-            self.dirty = True
-
-    def _staff_touch(self, pos: tuple[int, int], now: float) -> None:
-        for name, rect in self.staff_buttons.items():
-            if rect.collidepoint(pos):
-                if name == "quit":
-                    self._staff_quit(now)
-                else:
-                    self.close_staff()
-                return
-
-    def staff_lines(self, now: float) -> list[str]:
-        st = self.status
-        hours = ", ".join(f"{a // 60:02d}:{a % 60:02d}-{b // 60:02d}:{b % 60:02d}" for a, b in self.cfg.opening_hours)
-        lines = [
-            f"state: {self.state}" + (" (closed: outside opening hours)" if self.closed else ""),
-            f"on screen: piece {self.card_piece_id}" if self.card_piece_id else "on screen: no piece yet",
-            f"waiting their turn: {len(self.pending)} piece(s)",
-            "renderer: " + ("?" if st is None else "running" if st.alive else "offline"),
-            "archive: " + ("?" if st is None else f"{st.pieces} pieces, {st.queued} jobs queued" if st.store_ok
-                           else "CANNOT BE READ (see the log)"),
-            f"opening hours: {hours or 'always open'}",
-            f"web app: {self.app_url}",
-            f"screen: {self.size[0]}x{self.size[1]}, rotate {self.cfg.rotate}, monitor {self.cfg.display_index}",
-            f"errors: {self.machine.errors} on screen, {self.loader.errors if self.loader else 0} loading",
-        ]
-        return lines
-
-    def draw_staff(self, screen: pygame.Surface, now: float) -> None:
-        W, H = screen.get_size()
-        u = self.unit
-        m = round(u * 0.04)
-        size = round(u * render.MIN_TEXT)
-        box = pygame.Rect(m, m, W - 2 * m, H - 2 * m)
-        screen.blit(render.panel(box.size, (10, 10, 12, 235), radius=m // 2), box.topleft)
-        y = box.top + m
-        title = render.text(self.fonts, "Staff", round(u * render.TEXT["title"]), render.ACCENT, bold=True)
-        screen.blit(title, (box.left + m, y))
-        y += title.get_height() + m // 2
-        for line in self.staff_lines(now):
-            s = render.text(self.fonts, line, size)
-            screen.blit(s, (box.left + m, y))
-            y += s.get_height() + m // 4
-        confirm = now <= self.staff_confirm_until
-        labels = {"close": "close (Esc)", "quit": "really quit? tap again" if confirm else "quit the display (Q)"}
-        bx = box.left + m
-        by = box.bottom - m - round(u * 0.1)
-        self.staff_buttons = {}
-        for name, label in labels.items():
-            s = render.text(self.fonts, label, size, render.BLACK)
-            r = pygame.Rect(bx, by, s.get_width() + m, round(u * 0.1))
-            pygame.draw.rect(screen, (200, 60, 50) if name == "quit" and confirm else render.ACCENT if name == "quit"
-                             else render.WHITE, r, border_radius=m // 3)
-            screen.blit(s, s.get_rect(center=r.center))
-            self.staff_buttons[name] = r
-            bx = r.right + m
-
 
 def to_surface(pixels: Pixels) -> pygame.Surface:
     """Loader pixels to a surface in the screen's format (``convert`` once; blits stay fast)."""
