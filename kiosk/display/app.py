@@ -552,7 +552,8 @@ class Display:
         pad = m // 3
         qr = self.qrs.get(self.app_url, round(u * 0.15))
         small = round(u * render.MIN_TEXT)
-        lines = render.paragraph(self.fonts, "send your own prompt", small, qr.get_width() + 4 * pad, 2, render.DIM)
+        lines = render.paragraph(self.fonts, "send your own prompt", small, max(qr.get_width(), round(u * 0.3)), 2,
+                                 render.DIM)
         w = max(qr.get_width(), *(s.get_width() for s in lines)) + 2 * pad
         h = qr.get_height() + pad + sum(s.get_height() + 2 for s in lines) + 2 * pad
         surf = render.panel((w, h), radius=pad)

@@ -160,11 +160,16 @@ def wrap(font: Face, text: str, width: int, max_lines: int) -> list[str]:
 
 
 def _ellipsize(font: Face, text: str, width: int) -> str:
+    """``text`` cut to ``width`` with an ellipsis, between words where a word fits (else mid-word)."""
     if font.size(text)[0] <= width:
         return text
+    words = text.split()
+    while len(words) > 1 and font.size(" ".join(words) + "…")[0] > width:
+        words.pop()
+    text = " ".join(words).rstrip(",;:-–— ")
     while text and font.size(text + "…")[0] > width:
         text = text[:-1]
-    return text.rstrip() + "…"
+    return text.rstrip(",;:-–— ") + "…"
 
 
 def text(fonts: Fonts, s: str, size: int, color: tuple[int, int, int] = WHITE, bold: bool = False) -> pygame.Surface:
@@ -357,11 +362,13 @@ def build_card(fonts: Fonts, qrs: QRCache, screen: tuple[int, int], image: pygam
     qr = qrs.get(url, lay.qr.width)
     card.blit(qr, (lay.qr.left, lay.qr.top))
     hint = text(fonts, "scan to download", small, WHITE)
-    card.blit(hint, (lay.qr.left, lay.qr.top + qr.get_height() + gap))
+    m = max(8, round(u * 0.035))
+    card.blit(hint, (min(lay.qr.left, W - m - hint.get_width()), lay.qr.top + qr.get_height() + gap))
     if lay.app_qr.width and app_url:
         aq = qrs.get(app_url, lay.app_qr.width)
         card.blit(aq, (lay.app_qr.right - aq.get_width(), lay.app_qr.top))
-        for i, s in enumerate(paragraph(fonts, "send your own prompt", small, lay.app_qr.width + 4 * gap, 2, DIM)):
+        room = min(lay.app_qr.right - lay.qr.right - 2 * gap, round(u * 0.26))  # clear of "scan to download"
+        for i, s in enumerate(paragraph(fonts, "send your own prompt", small, room, 2, DIM)):
             card.blit(s, (lay.app_qr.right - s.get_width(), lay.app_qr.top + aq.get_height() + gap
                           + i * (s.get_height() + gap)))
     return base, card

@@ -1,7 +1,10 @@
 """Screenshots of the display's screens from a throw-away store: ``python -m kiosk.display.screenshot OUT_DIR``.
 
 Writes ``kiosk-empty.png`` (empty archive), ``kiosk.png`` (a finished piece with
-caption and QR codes) and ``kiosk-making.png`` (the live view of a tap's job).
+caption and QR codes), ``kiosk-making.png`` (the live view of a tap's job),
+``kiosk-long-prompt.png`` (a visitor's piece with a long prompt), ``kiosk-attract.png``
+(attract mode), ``kiosk-staff.png`` (the staff overlay), ``kiosk-portrait.png`` (a monitor
+turned on its side, as visitors see it) and ``kiosk-failsafe.png`` (a damaged archive).
 Run it under a real X server (``xvfb-run``) or with ``SDL_VIDEODRIVER=dummy``.
 """
 from __future__ import annotations
@@ -22,6 +25,9 @@ from exhibits.show import ShowConfig
 from exhibits.store import Store
 from kiosk.display.app import Display
 
+LONG_PROMPT = ("A lighthouse made of glass at dusk, its beam turning slowly over a sea of ink, drawn by a patient "
+               "hand on a windy afternoon, with gulls, ropes and a small red boat waiting below the rocks")
+
 log = logging.getLogger(__name__)
 WORKER = "screenshot-worker"
 
@@ -38,12 +44,13 @@ def pattern_image(seed: int, size: int = 512) -> Image.Image:
     return Image.fromarray((np.stack(chans, -1) * 255).astype(np.uint8))
 
 
-def add_demo_piece(store: Store, seed: int, prompt: str, sigma: float) -> None:
-    job = store.submit("demo", prompts=[(prompt, 1.0)], prompt_text=prompt, seed=seed, params={"sigma": sigma})
+def add_demo_piece(store: Store, seed: int, prompt: str, sigma: float, source: str = "playlist") -> None:
+    job = store.submit("demo", prompts=[(prompt, 1.0)], prompt_text=prompt, seed=seed, params={"sigma": sigma},
+                       source=source)
     job = store.claim(WORKER)
     assert job is not None
     meta = {"series": "Weights-free demo", "title": "Attractors (weights-free demo)", "generator": "default",
-            "label": "weights-free pattern network (random init, no trained model)", "params": {"sigma": sigma},
+            "label": "weights-free pattern network (no trained model)", "params": {"sigma": sigma},
             "config": {}, "models": {}, "sigma": sigma}
     store.add_piece(job, WORKER, pattern_image(seed), meta)
 
@@ -56,16 +63,20 @@ def _pump(d: Display, until: Callable[[], bool], seconds: float = 10.0) -> None:
         d.tick()
 
 
+def _config(root: Path, size: tuple[int, int], **kw) -> ShowConfig:
+    base = dict(data_dir=root, fullscreen=False, width=size[0], height=size[1], fps=60, crossfade_seconds=0.0,
+                hold_seconds=1000.0, public_url="http://192.168.1.20:8080", drift_pixels=0, attract_seconds=0)
+    return ShowConfig(**{**base, **kw})
+
+
 def take(out_dir: Path, size: tuple[int, int] = (1280, 720)) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = Path(tmp) / "archive"
         store = Store(root)
-        cfg = ShowConfig(data_dir=root, fullscreen=False, width=size[0], height=size[1], fps=60,
-                         crossfade_seconds=0.0, hold_seconds=1000.0, public_url="http://192.168.1.20:8080")
-        d = Display(cfg, root, poll_seconds=0.1)
+        d = Display(_config(root, size), root, poll_seconds=0.1)
         d.open()
         try:
             store.worker_beat(WORKER, state="busy")
@@ -73,7 +84,7 @@ def take(out_dir: Path, size: tuple[int, int] = (1280, 720)) -> list[Path]:
             written.append(_save(d, out_dir / "kiosk-empty.png"))
             for i, (prompt, sigma) in enumerate([("Entrance to the Heaven realm by James Gurney", 0.8),
                                                  ("Strange attractor in a field of poppies", 1.7),
-                                                 ("A lighthouse made of glass at dusk, drawn in ink", 2.4)]):
+                                                 ("Tide pools under a violet moon", 2.4)]):
                 add_demo_piece(store, 7 + i, prompt, sigma)
             latest = store.latest_piece_id()
             store.worker_beat(WORKER, state="idle")
@@ -88,15 +99,49 @@ def take(out_dir: Path, size: tuple[int, int] = (1280, 720)) -> list[Path]:
             store.publish_frame(job.id, WORKER, buf.getvalue(), step=37, total=100)
             _pump(d, lambda: d.frame is not None and d.frame[0].job_id == job.id and d.state == "making")
             written.append(_save(d, out_dir / "kiosk-making.png"))
+            store.cancel(job.id)
+            _pump(d, lambda: d.tap_job is None)
+            add_demo_piece(store, 21, LONG_PROMPT, 1.3, source="visitor")
+            latest = store.latest_piece_id()
+            _pump(d, lambda: d.card_piece_id == latest and d.state == "showing")
+            written.append(_save(d, out_dir / "kiosk-long-prompt.png"))
+            d.staff.open(d)
+            _pump(d, lambda: True)
+            written.append(_save(d, out_dir / "kiosk-staff.png"))
+            d.staff.close(d)
+            d.cfg = _config(root, size, attract_seconds=1.0, dwell_seconds=0.0)
+            d.last_interaction = d.clock() - 5
+            _pump(d, lambda: d.state == "attract")
+            written.append(_save(d, out_dir / "kiosk-attract.png"))
         finally:
             d.close()
-            store.close()
+        # a monitor turned on its side (rotate = 90): what visitors see, upright
+        d = Display(_config(root, size, rotate=90), root, poll_seconds=0.1)
+        d.open()
+        try:
+            _pump(d, lambda: d.card_piece_id == latest)
+            written.append(_save(d, out_dir / "kiosk-portrait.png"))
+        finally:
+            d.close()
+        store.close()
+        # a damaged archive: the failsafe screen while the display keeps trying
+        db = root / "kiosk.sqlite3"
+        for extra in ("-wal", "-shm"):
+            Path(f"{db}{extra}").unlink(missing_ok=True)
+        db.write_bytes(db.read_bytes()[:4096] + b"\0garbage" * 4096)
+        d = Display(_config(root, size), root, poll_seconds=0.1)
+        d.open()
+        try:
+            _pump(d, lambda: d.state == "failsafe")
+            written.append(_save(d, out_dir / "kiosk-failsafe.png"))
+        finally:
+            d.close()
     return written
 
 
 def _save(d: Display, path: Path) -> Path:
     assert d.screen is not None
-    pygame.image.save(d.screen, str(path))
+    pygame.image.save(d.screen, str(path))  # the picture as drawn (upright when the monitor is turned)
     log.info("screenshot %s (%s)", path, d.state)
     return path
 

@@ -79,7 +79,7 @@ class StaffOverlay:
         m = round(u * 0.04)
         size = round(u * render.MIN_TEXT)
         box = pygame.Rect(m, m, W - 2 * m, H - 2 * m)
-        screen.blit(render.panel(box.size, (10, 10, 12, 235), radius=m // 2), box.topleft)
+        screen.blit(render.panel(box.size, (10, 10, 12, 250), radius=m // 2), box.topleft)
         y = box.top + m
         title = render.text(d.fonts, "Staff", round(u * render.TEXT["title"]), render.ACCENT, bold=True)
         screen.blit(title, (box.left + m, y))

@@ -253,7 +253,8 @@ class Attract(Showing):
         screen.blit(render.panel(band.size, (0, 0, 0, 190)), band.topleft)
         text_w = max(big.get_width(), sub.get_width())
         qr_w = qr.get_width() + m + max(s.get_width() for s in hint)
-        x0 = (W - text_w - 2 * m - qr_w) // 2 if W >= H else m
+        ring = round(u * 0.16)  # room for the ripple left of the words
+        x0 = (W - ring - text_w - 2 * m - qr_w) // 2 + ring if W >= H else m
         ring_x = x0 - m
         y = band.top + m
         screen.blit(big, (x0, y))
@@ -266,7 +267,7 @@ class Attract(Showing):
         phase = (now % 2.4) / 2.4
         radius = round(u * (0.02 + 0.05 * phase))
         colour = tuple(round(c * (1 - phase)) for c in ACCENT)
-        centre = (max(radius + 2, ring_x - round(u * 0.05)), band.top + big.get_height() // 2 + m)
+        centre = (ring_x - round(u * 0.06), band.top + big.get_height() // 2 + m)
         if W >= H and centre[0] - radius > 0:
             pygame.draw.circle(screen, colour, centre, radius, max(2, round(u * 0.006)))
             pygame.draw.circle(screen, ACCENT, centre, round(u * 0.015))
