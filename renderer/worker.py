@@ -174,6 +174,7 @@ class Worker:
             self.setup()
         idle_since = time.monotonic()
         last_beat = 0.0
+        nudge = wake.Listener.open(self.store.root, "worker")  # the display says when a tap is queued
         try:
             while not self._stop.is_set():
                 if max_jobs is not None and self.stats.done + self.stats.failed >= max_jobs:
@@ -186,11 +187,13 @@ class Worker:
                         last_beat = time.monotonic()
                     if idle_exit is not None and time.monotonic() - idle_since > idle_exit:
                         break
-                    self._stop.wait(self.poll)
+                    nudge.wait(self.poll) if nudge is not None else self._stop.wait(self.poll)
                     continue
                 self.process(job)
                 idle_since = time.monotonic()
         finally:
+            if nudge is not None:
+                nudge.close()
             self.store.worker_gone(self.id)
         return self.stats
 

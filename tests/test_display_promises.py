@@ -420,3 +420,20 @@ def test_show_config_checks_the_new_display_keys(tmp_path):
             load_show(f)
         assert key in str(err.value) and str(f) in str(err.value)
     assert parse_opening_hours("") == ()
+
+
+def test_a_tap_nudges_the_worker_to_claim_its_job_at_once(store, opened):
+    add_piece(store, solid(RED))
+    worker_side = wake.Listener(store.root, "worker")
+    try:
+        clk = FakeClock()
+        d = opened(store.root, clk)
+        assert pump(d, lambda: d.card is not None, clock=clk, step=0.0)
+        d.tap(clk())
+        assert d.state == "showing"
+        d.tick()
+        assert d.state == "making"  # the screen answers in the same loop, before the job is even queued
+        assert worker_side.wait(5.0) == "tap"
+        assert store.jobs(source="tap")
+    finally:
+        worker_side.close()

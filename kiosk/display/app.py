@@ -108,12 +108,13 @@ class Display:
 
     def __init__(self, cfg: ShowConfig, root: Path, *, clock: Callable[[], float] | None = None,
                  failsafe_seconds: float = 5.0, poll_seconds: float = 0.25, always_redraw: bool = False,
-                 open_now: Callable[[], bool] | None = None):
+                 open_now: Callable[[], bool] | None = None, listen: bool = True):
         self.cfg = cfg
         self.root = Path(root)
         self.clock = clock or time.monotonic
         self.poll_seconds = poll_seconds
         self.always_redraw = always_redraw  # the old loop: draw every frame (kept as the benchmark's baseline)
+        self.listen = listen  # wake on the worker's datagrams (False: the store poll alone, a benchmark baseline)
         self.open_now = open_now or (lambda: is_open(cfg))
         self.fonts: render.Fonts | None = None
         self.qrs = render.QRCache()
@@ -195,7 +196,7 @@ class Display:
         self.app_url = public_base_url(cfg)
         self._wake_type = pygame.event.custom_type()
         self.loader = Loader(cfg, self.root, piece_box=(W, H), frame_box=self.frame_box,
-                             poll_seconds=self.poll_seconds, on_message=self._wake)
+                             poll_seconds=self.poll_seconds, on_message=self._wake, listen=self.listen)
         self.loader.start()
         self.running = True
         self.last_interaction = self.clock()
@@ -388,6 +389,7 @@ class Display:
         self.tap_requested = True
         self.stats.taps += 1
         self.loader.request_tap()
+        self.dirty = True
         return True
 
     # -- messages from the loader -----------------------------------------------

@@ -265,10 +265,8 @@ class Loader(threading.Thread):
         """Wake on the worker's datagrams (see exhibits.wake); without them the poll alone does the work."""
         if not self._listen:
             return
-        try:
-            self._listener = wake.Listener(self.root)
-        except OSError as exc:
-            log.warning("display: no wake-up socket (%s); polling every %.2f s", exc, self.poll_seconds)
+        self._listener = wake.Listener.open(self.root, "display")
+        if self._listener is None:
             return
         threading.Thread(target=self._listen_loop, name="kiosk-display-wake", daemon=True).start()
 
@@ -440,6 +438,7 @@ class Loader(threading.Thread):
             job = store.submit(spec.exhibit, prompts=spec.prompts, prompt_text=spec.prompt_text, seed=spec.seed,
                                params=spec.params, source="tap")
         self._follow = _Follow(job.id)
+        wake.notify(self.root, "tap", who="worker")  # claim it now, not at the worker's next poll
         self._post(TapQueued(job))
 
     def _check_follow(self) -> None:

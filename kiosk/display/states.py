@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TAP_MAKING_LIMIT = 900.0  # seconds a tap's live view may last before the show moves on regardless
+TAP_QUEUE_LIMIT = 15.0  # seconds a tap may wait for its job to be queued (the archive may be unreadable)
 ATTRACT_FPS = 12.0  # the invitation's gentle pulse needs no more
 
 
@@ -138,8 +139,8 @@ class Showing(State):
             return None
         if d.dwell_left(now) > 0:
             return None
-        if d.tap_job is not None and not d.pending:
-            return "making"  # the tap waited for the piece on screen to have its turn
+        if d.tap_waiting() and not d.pending:
+            return "making"  # at once (its job is being queued meanwhile), or after the piece on screen had its turn
         if d.pending:
             return None  # the next one someone asked for goes on screen on the next loop
         nxt = self._attract(d, now)
@@ -160,7 +161,7 @@ class Showing(State):
     @staticmethod
     def _tap_first(d: "Display") -> bool:
         """A tap's live view is due: the next playlist piece waits until the tap's piece has been shown."""
-        return d.tap_job is not None and not d.pending and d.card is not None
+        return d.tap_waiting() and not d.pending and d.card is not None
 
     def _attract(self, d: "Display", now: float) -> str | None:
         a = d.cfg.attract_seconds
@@ -291,7 +292,11 @@ class Making(State):
     def do(self, d: "Display", now: float) -> str | None:
         has_pieces = d.card is not None or (d.status is not None and d.status.has_pieces)
         leave_to = "showing" if has_pieces else "welcome"
-        if d.tap_follow is not None or d.tap_job is not None:
+        if d.tap_requested and d.tap_job is None and now - self.entered_at > TAP_QUEUE_LIMIT:
+            log.warning("display: the tap's job could not be queued; back to the show")
+            d.tap_requested = False
+            return leave_to
+        if d.tap_follow is not None or d.tap_waiting():
             if d.tap_piece_ready():
                 d.live_tap_done = True
                 return "showing"  # straight to the tap's piece, from this very picture
@@ -314,20 +319,21 @@ class Making(State):
         f = d.fonts
         frame = d.frame
         follow = d.tap_job or d.tap_follow
-        if frame is not None and follow is not None and frame[0].job_id != follow:
+        mine = follow is not None or d.tap_requested  # a visitor's tap (its job may still be being queued)
+        if frame is not None and mine and frame[0].job_id != follow:
             frame = None
         area = pygame.Rect(0, 0, W, d.frame_box[1])
         if frame is not None:
             surf = frame[1]
             screen.blit(surf, surf.get_rect(center=area.center))
         else:
-            msg = "your piece is starting…" if follow is not None else "starting…"
+            msg = "your piece is starting…" if mine else "starting…"
             s = render.text(f, msg, round(u * TEXT["title"]), DIM)
             screen.blit(s, s.get_rect(center=area.center))
-        progress = frame[0] if frame is not None else (d.status.progress if d.status and follow is None else None)
+        progress = frame[0] if frame is not None else (d.status.progress if d.status and not mine else None)
         m = max(8, round(u * 0.03))
         prompt = progress.prompt if progress is not None else (d.tap_prompt or "")
-        head = "making your piece" if follow is not None else "making a new piece"
+        head = "making your piece" if mine else "making a new piece"
         y = area.bottom + m // 2
         title = render.text(f, head, round(u * TEXT["prompt"]), ACCENT, bold=True)
         screen.blit(title, (m, y))
@@ -358,7 +364,7 @@ class Welcome(State):
         d.loader.want_frames(False)
 
     def do(self, d: "Display", now: float) -> str | None:
-        if d.tap_job is not None:
+        if d.tap_waiting():
             return "making"
         if d.next_ready() is not None or d.card is not None:
             return "showing"
