@@ -121,8 +121,10 @@ def wait_ready(store: Store, names: list[str], proc: subprocess.Popen, timeout: 
 
 def tap_once(d: Display, store: Store, timeout: float = 120.0) -> dict:
     """One tap on the real display; ticks its loop until the tap's card is on screen."""
-    while d.tap_job is not None or d.tap_requested or d.tap_follow is not None:
-        d.tick()  # the previous tap's piece is still arriving
+    # a visitor taps once the previous piece is on screen: its crossfade over, nothing else arriving
+    while d.tap_job is not None or d.tap_requested or d.tap_follow is not None or d.prev_card is not None \
+            or d.dwell_left(d.clock()) > 0:
+        d.tick()
     for _ in range(3):
         d.tick()
     t0 = time.perf_counter()

@@ -437,3 +437,28 @@ def test_a_tap_nudges_the_worker_to_claim_its_job_at_once(store, opened):
         assert store.jobs(source="tap")
     finally:
         worker_side.close()
+
+
+def test_burn_in_protection_drifts_slowly_and_fades_through_black_now_and_then(store, opened):
+    add_piece(store, solid(RED))
+    clk = FakeClock()
+    d = opened(store.root, clk, drift_pixels=6, refresh_minutes=1.0, crossfade_seconds=1.0)
+    assert pump(d, lambda: d.card is not None and d.prev_card is None, clock=clk, step=0.1)
+    seen = set()
+    for _ in range(60):  # an hour of show time, a minute per loop
+        clk.advance(60)
+        d.tick()
+        seen.add(d.drift)
+        assert max(abs(v) for v in d.drift) <= 6
+    assert len(seen) > 10  # it wanders
+    w, h = d.window.get_size()
+    dx, dy = d.drift
+    assert near(d.window.get_at((w // 2, h // 2)), RED)
+    if dx > 0:
+        assert tuple(d.window.get_at((0, h // 2)))[:3] == (0, 0, 0)  # the uncovered edge is black
+    blue = add_piece(store, solid(BLUE))  # over a minute since the last fade through black
+    assert pump(d, lambda: d.card_piece_id == blue.id, clock=clk, step=0.0)
+    assert d.fade_black
+    clk.advance(0.5)
+    d.tick()
+    assert sum(center_color(d)) < 40  # half-way: black, not a blend of the two pieces

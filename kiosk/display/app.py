@@ -267,11 +267,14 @@ class Display:
             self.stats.frames += 1
         self.stats.ticks += 1
         self._wait(fps if fps > 0 else (self.cfg.fps if self.always_redraw else 0.0))
-        if draw:
+        animated = draw and (fps > 0 or self.always_redraw)
+        if animated:  # frame times are measured between consecutive frames of an animation only
             end = time.perf_counter()
-            if self._last_flip is not None and (fps > 0 or self.always_redraw):
+            if self._last_flip is not None:
                 self.stats.frame_times.append(end - self._last_flip)
-            self._last_flip = end if (fps > 0 or self.always_redraw) else None
+            self._last_flip = end
+        else:
+            self._last_flip = None
         self.stats.states_visited = list(self.machine.visited)
         self.stats.state_errors = self.machine.errors
 
@@ -280,9 +283,12 @@ class Display:
         if self.screen is not self.window:
             out = self.screen if self.cfg.rotate == 0 else pygame.transform.rotate(self.screen, -self.cfg.rotate)
             dx, dy = self.drift
-            if dx or dy:
-                self.window.fill(render.BLACK)
             self.window.blit(out, (dx, dy))
+            W, H = self.window.get_size()
+            for strip in (pygame.Rect(0, 0, dx, H), pygame.Rect(W + dx, 0, -dx, H),  # the edges the drift uncovers
+                          pygame.Rect(0, 0, W, dy), pygame.Rect(0, H + dy, W, -dy)):
+                if strip.width > 0 and strip.height > 0:
+                    self.window.fill(render.BLACK, strip)
         pygame.display.flip()
 
     def _wait(self, fps: float) -> None:

@@ -131,6 +131,7 @@ class Loader(threading.Thread):
     def __init__(self, cfg: ShowConfig, root: Path, *, piece_box: tuple[int, int], frame_box: tuple[int, int],
                  poll_seconds: float = POLL_SECONDS, queue_size: int = 8, seed: int | None = None,
                  on_message: Callable[[], None] | None = None, listen: bool = True):
+        """``listen=False``: no wake-up datagrams either way, the store polls alone (a benchmark's baseline)."""
         super().__init__(name="kiosk-display-loader", daemon=True)
         self.cfg = cfg
         self.root = Path(root)
@@ -438,7 +439,8 @@ class Loader(threading.Thread):
             job = store.submit(spec.exhibit, prompts=spec.prompts, prompt_text=spec.prompt_text, seed=spec.seed,
                                params=spec.params, source="tap")
         self._follow = _Follow(job.id)
-        wake.notify(self.root, "tap", who="worker")  # claim it now, not at the worker's next poll
+        if self._listen:
+            wake.notify(self.root, "tap", who="worker")  # claim it now, not at the worker's next poll
         self._post(TapQueued(job))
 
     def _check_follow(self) -> None:
