@@ -442,7 +442,7 @@ def test_a_tap_nudges_the_worker_to_claim_its_job_at_once(store, opened):
 def test_burn_in_protection_drifts_slowly_and_fades_through_black_now_and_then(store, opened):
     add_piece(store, solid(RED))
     clk = FakeClock()
-    d = opened(store.root, clk, drift_pixels=6, refresh_minutes=1.0, crossfade_seconds=1.0)
+    d = opened(store.root, clk, drift_pixels=6, refresh_minutes=1.0, crossfade_seconds=1.0, hold_seconds=1e6)
     assert pump(d, lambda: d.card is not None and d.prev_card is None, clock=clk, step=0.1)
     seen = set()
     for _ in range(60):  # an hour of show time, a minute per loop

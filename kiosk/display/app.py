@@ -190,8 +190,8 @@ class Display:
         W, H = self.window.get_size()
         if cfg.rotate in (90, 270):
             W, H = H, W
-        plain = cfg.rotate == 0 and cfg.drift_pixels == 0
-        self.screen = self.window if plain else pygame.Surface((W, H)).convert()
+        # states draw straight onto the window; a monitor on its side gets an upright canvas turned onto it
+        self.screen = self.window if cfg.rotate == 0 else pygame.Surface((W, H)).convert()
         self.frame_box = (W, round(H * 0.82)) if W >= H else (W, round(H * 0.7))
         self.app_url = public_base_url(cfg)
         self._wake_type = pygame.event.custom_type()
@@ -281,15 +281,18 @@ class Display:
     def _present(self) -> None:
         assert self.window is not None and self.screen is not None
         if self.screen is not self.window:
-            out = self.screen if self.cfg.rotate == 0 else pygame.transform.rotate(self.screen, -self.cfg.rotate)
-            dx, dy = self.drift
-            self.window.blit(out, (dx, dy))
-            W, H = self.window.get_size()
-            for strip in (pygame.Rect(0, 0, dx, H), pygame.Rect(W + dx, 0, -dx, H),  # the edges the drift uncovers
-                          pygame.Rect(0, 0, W, dy), pygame.Rect(0, H + dy, W, -dy)):
-                if strip.width > 0 and strip.height > 0:
-                    self.window.fill(render.BLACK, strip)
+            self.window.blit(pygame.transform.rotate(self.screen, -self.cfg.rotate), (0, 0))
         pygame.display.flip()
+
+    def blit_drifted(self, screen: pygame.Surface, surf: pygame.Surface) -> None:
+        """A full-screen card at the burn-in drift offset, the edges it uncovers black (no extra copy per frame)."""
+        dx, dy = self.drift
+        screen.blit(surf, (dx, dy))
+        W, H = screen.get_size()
+        for strip in (pygame.Rect(0, 0, dx, H), pygame.Rect(W + dx, 0, -dx, H),
+                      pygame.Rect(0, 0, W, dy), pygame.Rect(0, H + dy, W, -dy)):
+            if strip.width > 0 and strip.height > 0:
+                screen.fill(render.BLACK, strip)
 
     def _wait(self, fps: float) -> None:
         """Hold the frame budget while animating; otherwise sleep until an event, a message or a timer."""

@@ -186,13 +186,13 @@ class Showing(State):
                 # first half: what was on screen fades into the new picture alone;
                 # second half: the new caption and QR fade in. Two captions never overlap.
                 under, over, a = (d.prev_card, d.card_base, 2 * t) if t < 0.5 else (d.card_base, d.card, 2 * t - 1)
-                screen.blit(under, (0, 0))
+                screen.blit(under, (0, 0)) if under is d.prev_card else d.blit_drifted(screen, under)
             over.set_alpha(max(0, min(255, round(255 * a))))
-            screen.blit(over, (0, 0))
+            screen.blit(over, (0, 0)) if over is d.prev_card else d.blit_drifted(screen, over)
             over.set_alpha(None)
         else:
             d.prev_card = None
-            screen.blit(d.card, (0, 0))
+            d.blit_drifted(screen, d.card)
         if d.tap_waiting() and d.dwell_left(now) > 0:
             _tap_notice(d, screen, now)
 
@@ -234,7 +234,7 @@ class Attract(Showing):
             return
         fade = d.cfg.crossfade_seconds
         t = (now - d.fade_start) / fade if fade > 0 else 1.0
-        screen.blit(d.card_base, (0, 0))
+        d.blit_drifted(screen, d.card_base)
         if d.prev_card is not None and t < 1.0:
             d.prev_card.set_alpha(max(0, min(255, round(255 * (1 - t)))))
             screen.blit(d.prev_card, (0, 0))
