@@ -462,3 +462,15 @@ def test_burn_in_protection_drifts_slowly_and_fades_through_black_now_and_then(s
     clk.advance(0.5)
     d.tick()
     assert sum(center_color(d)) < 40  # half-way: black, not a blend of the two pieces
+
+
+def test_without_the_caption_font_the_bundled_one_draws_every_caption_glyph(monkeypatch, store):
+    monkeypatch.delenv("KIOSK_FONT", raising=False)
+    monkeypatch.setattr(render, "FAMILY", {False: ("/nonexistent/DejaVuSans.ttf",), True: ("/nonexistent/Bold.ttf",)})
+    assert render.find_font() is None
+    pygame.font.init()
+    fonts = render.Fonts()
+    face = fonts.get(30, "Weights-free demo")
+    assert face.path is None and face.covers("sigma 1.70 · seed 9 …")  # pygame's own font, ellipsis included
+    lines = render.wrap(face, "a very long prompt about lighthouses and the sea " * 4, 200, 2)
+    assert lines[-1].endswith("…") and fonts.get(30, lines[-1]) is face
