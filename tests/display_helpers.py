@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import pytest
+
 os.environ["SDL_VIDEODRIVER"] = "dummy"
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
@@ -34,7 +36,7 @@ class FakeClock:
 
 def show_config(root: Path, **kw) -> ShowConfig:
     base = dict(data_dir=root, fullscreen=False, width=320, height=180, fps=0, hold_seconds=1000.0,
-                crossfade_seconds=0.0, public_url="http://kiosk.test:8080")
+                crossfade_seconds=0.0, public_url="http://kiosk.test:8080", drift_pixels=0, attract_seconds=0)
     base.update(kw)
     return ShowConfig(**base)
 
@@ -106,3 +108,31 @@ def finish_job(store: Store, job: Job, image: Image.Image, prompt: str = "a tapp
             "label": "weights-free pattern network", "params": dict(job.params), "config": {}, "models": {},
             "sigma": job.params.get("sigma")}
     return store.add_piece(job, WORKER, image, meta)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "archive")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def opened():
+    """``opened(store_or_root, clock, **show_config)``: an open display window, closed after the test.
+    ``failsafe_seconds`` and ``open_now`` go to the display itself."""
+    from kiosk.display import Display
+
+    displays = []
+
+    def _open(where, clock: FakeClock | None = None, **cfg):
+        root = where.root if isinstance(where, Store) else Path(where)
+        kw = {k: cfg.pop(k) for k in ("open_now", "failsafe_seconds") if k in cfg}
+        d = Display(show_config(root, **cfg), root, clock=clock, poll_seconds=0.02, **kw)
+        d.open()
+        displays.append(d)
+        return d
+
+    yield _open
+    for d in displays:
+        d.close()

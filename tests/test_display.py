@@ -3,39 +3,15 @@ from __future__ import annotations
 
 import pytest
 
-from tests.display_helpers import (WORKER, FakeClock, add_piece, center_color, finish_job, jpeg, near, pump,
-                                   show_config, solid)
+from tests.display_helpers import (WORKER, FakeClock, add_piece, center_color, finish_job, jpeg, near,  # noqa: F401
+                                   opened, pump, show_config, solid, store)
 
 import pygame  # noqa: E402  (display_helpers selects the dummy video driver first)
 
-from exhibits.store import Store  # noqa: E402
-from kiosk.display import Display, run  # noqa: E402
+from kiosk.display import run  # noqa: E402
 from kiosk.display.render import ACCENT, card_layout  # noqa: E402
 
 RED, BLUE, GREEN, MAGENTA = (210, 30, 40), (30, 60, 220), (40, 200, 60), (230, 40, 230)
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "archive")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def opened():
-    displays = []
-
-    def _open(store: Store, clock: FakeClock | None = None, failsafe_seconds: float = 5.0, **cfg) -> Display:
-        d = Display(show_config(store.root, **cfg), store.root, clock=clock, failsafe_seconds=failsafe_seconds,
-                    poll_seconds=0.02)
-        d.open()
-        displays.append(d)
-        return d
-
-    yield _open
-    for d in displays:
-        d.close()
 
 
 def colours_in(surface: pygame.Surface, rect: pygame.Rect) -> set[tuple[int, int, int]]:

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from tests.display_helpers import (WORKER, FakeClock, add_piece, center_color, finish_job, jpeg, near, pump,
-                                   show_config, solid)
+from tests.display_helpers import (WORKER, FakeClock, add_piece, center_color, finish_job, jpeg, near,  # noqa: F401
+                                   opened, pump, show_config, solid, store)
 
 import pygame  # noqa: E402  (display_helpers selects the dummy video driver first)
 
@@ -24,30 +24,6 @@ from kiosk.display.loader import FrameReady, Loader  # noqa: E402
 
 RED, BLUE, GREEN, YELLOW, CYAN, WHITE = (210, 30, 40), (30, 60, 220), (40, 200, 60), (230, 220, 40), \
     (40, 210, 220), (250, 250, 250)
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "archive")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def opened():
-    displays = []
-
-    def _open(root, clock: FakeClock | None = None, **cfg) -> Display:
-        kw = {k: cfg.pop(k) for k in ("open_now", "failsafe_seconds") if k in cfg}
-        d = Display(show_config(root, **{"drift_pixels": 0, "attract_seconds": 0, **cfg}), root, clock=clock,
-                    poll_seconds=0.02, **kw)
-        d.open()
-        displays.append(d)
-        return d
-
-    yield _open
-    for d in displays:
-        d.close()
 
 
 def asked_piece(store: Store, colour, source: str = "visitor", prompt: str = "a visitor's prompt"):

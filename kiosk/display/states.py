@@ -173,11 +173,9 @@ class Showing(State):
         return 2.0 if d.tap_waiting() and d.dwell_left(now) > 0 else 0.0  # the notice counts down
 
     def draw(self, d: "Display", screen: pygame.Surface, now: float) -> None:
-        if d.card is None:
-            screen.fill(BLACK)
+        t = _fade_progress(d, d.card, screen, now)
+        if t is None:
             return
-        fade = d.cfg.crossfade_seconds
-        t = (now - d.fade_start) / fade if fade > 0 else 1.0
         if d.prev_card is not None and t < 1.0:
             if d.fade_black:  # burn-in refresh: out to black, then the new card in
                 screen.fill(BLACK)
@@ -195,6 +193,15 @@ class Showing(State):
             d.blit_drifted(screen, d.card)
         if d.tap_waiting() and d.dwell_left(now) > 0:
             _tap_notice(d, screen, now)
+
+
+def _fade_progress(d: "Display", card: pygame.Surface | None, screen: pygame.Surface, now: float) -> float | None:
+    """How far the crossfade is (0..1, 1 when done); None (and a black screen) when there is no card yet."""
+    if card is None:
+        screen.fill(BLACK)
+        return None
+    fade = d.cfg.crossfade_seconds
+    return (now - d.fade_start) / fade if fade > 0 else 1.0
 
 
 def _tap_notice(d: "Display", screen: pygame.Surface, now: float) -> None:
@@ -229,11 +236,9 @@ class Attract(Showing):
         return max(super().animating(d, now), ATTRACT_FPS)
 
     def draw(self, d: "Display", screen: pygame.Surface, now: float) -> None:
-        if d.card_base is None:
-            screen.fill(BLACK)
+        t = _fade_progress(d, d.card_base, screen, now)
+        if t is None:
             return
-        fade = d.cfg.crossfade_seconds
-        t = (now - d.fade_start) / fade if fade > 0 else 1.0
         d.blit_drifted(screen, d.card_base)
         if d.prev_card is not None and t < 1.0:
             d.prev_card.set_alpha(max(0, min(255, round(255 * (1 - t)))))
