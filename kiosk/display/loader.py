@@ -29,6 +29,7 @@ RECENT_LIMIT = 30
 STORE_RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0)  # pauses before reopening a store that failed
 PROTECTED_SOURCES = ("tap", "visitor", "staff")  # their pieces wait for their turn; they are never skipped
 STORE_FAULTS = (sqlite3.Error, OSError, StoreError)
+FAULT_LOG_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,7 @@ class Loader(threading.Thread):
         self._listen = listen
         self._listener: wake.Listener | None = None
         self._store_ok = True
+        self._fault_logged = float("-inf")
         self._shown_any = False
         self.wakes = 0
 
@@ -217,8 +219,8 @@ class Loader(threading.Thread):
                 self.errors += 1
                 self.store_faults += 1
                 failures += 1
-                log.error("display loader: the archive cannot be read (%s: %s); keeping the screen as it is, "
-                          "retrying", type(exc).__name__, exc)
+                self._log_fault("display loader: the archive cannot be read (%s: %s); keeping the screen as it is, "
+                                "retrying", type(exc).__name__, exc)
                 self._close_store()
                 self._set_store_ok(False)
                 pause = STORE_RETRY_SECONDS[min(failures, len(STORE_RETRY_SECONDS)) - 1]
@@ -242,11 +244,21 @@ class Loader(threading.Thread):
         except STORE_FAULTS as exc:
             self.errors += 1
             self.store_faults += 1
-            log.error("the display cannot open the archive at %s (%s: %s); retrying", self.root,
-                      type(exc).__name__, exc)
+            self._log_fault("the display cannot open the archive at %s (%s: %s); retrying", self.root,
+                            type(exc).__name__, exc)
             self._close_store()
             self._set_store_ok(False)
             return False
+
+    def _log_fault(self, msg: str, *args: Any) -> None:
+        """An error the first time, then at most once a minute while the fault lasts (a week of retries
+        must not fill the journal)."""
+        now = time.monotonic()
+        if now - self._fault_logged >= FAULT_LOG_SECONDS:
+            self._fault_logged = now
+            log.error(msg, *args)
+        else:
+            log.debug(msg, *args)
 
     def _close_store(self) -> None:
         if self._store is not None:
@@ -259,6 +271,9 @@ class Loader(threading.Thread):
     def _set_store_ok(self, ok: bool) -> None:
         if ok != self._store_ok:
             self._store_ok = ok
+            if ok:
+                self._fault_logged = float("-inf")
+                log.info("display loader: the archive can be read again")
             if not ok:
                 self._post(Status(False, self._ever_alive, self._shown_any, None, store_ok=False), important=False)
 
