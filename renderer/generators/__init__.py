@@ -16,6 +16,7 @@ BUILTIN = (
     "renderer.generators.default",
     "renderer.stylegan.generator",
     "renderer.vqgan_clip.generator",
+    "renderer.biggan.generator",
 )
 
 _loaded = False
