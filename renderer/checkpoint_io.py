@@ -10,6 +10,7 @@ from __future__ import annotations
 import pickle
 import struct
 import types
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -83,7 +84,10 @@ def restricted_torch_load(path: str | Path, allowed: Mapping[tuple[str, str], An
     mod.load = lambda f, **kw: RestrictedUnpickler(f, **kw).load()  # type: ignore[attr-defined]
     mod.__dict__["UnpicklingError"] = pickle.UnpicklingError
     try:
-        return torch.load(path, map_location="cpu", pickle_module=mod, weights_only=False)
+        with warnings.catch_warnings():
+            # torch compares a legacy file's saved module source with the class it resolved (our placeholder)
+            warnings.filterwarnings("ignore", message="Couldn't retrieve source code")
+            return torch.load(path, map_location="cpu", pickle_module=mod, weights_only=False)
     except CheckpointError:
         raise
     except _DAMAGED as exc:

@@ -17,6 +17,7 @@ BUILTIN = (
     "renderer.stylegan.generator",
     "renderer.vqgan_clip.generator",
     "renderer.biggan.generator",
+    "renderer.dvae.generator",
 )
 
 _loaded = False
