@@ -18,6 +18,7 @@ BUILTIN = (
     "renderer.vqgan_clip.generator",
     "renderer.biggan.generator",
     "renderer.dvae.generator",
+    "renderer.deepdream.generator",
 )
 
 _loaded = False
