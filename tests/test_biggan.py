@@ -139,3 +139,23 @@ def test_memory_refusal_names_the_largest_official_size_that_fits():
     assert bs.check_memory(OFFICIAL[256], param_count(OFFICIAL[256]), clip_bytes, budget, 32) == need[256]
     with pytest.raises(bs.cs.CanvasTooLarge, match="not even biggan-deep-128"):
         bs.check_memory(OFFICIAL[256], param_count(OFFICIAL[256]), clip_bytes, need[128] // 2, 32)
+
+
+def test_big_sleep_resumes_bit_identically_and_runs_under_bf16_autocast(tmp_path):
+    import numpy as np
+
+    from renderer.base import RenderCancelled
+
+    a = tiny_ctx(tmp_path / "a")
+    straight = build("big_sleep", TINY, a).render(request(), a)
+    seen = []
+    b = tiny_ctx(tmp_path / "b", progress=seen.append, should_stop=lambda: len(seen) >= 2)
+    with pytest.raises(RenderCancelled):
+        build("big_sleep", TINY, b).render(request(), b)
+    b2 = tiny_ctx(tmp_path / "b")
+    resumed = build("big_sleep", TINY, b2).render(request(), b2)
+    assert resumed.meta["resumed_from"] == 2
+    assert np.array_equal(np.asarray(straight.image), np.asarray(resumed.image))
+    c = tiny_ctx(tmp_path / "c", dtype=torch.bfloat16)
+    res = build("big_sleep", dict(TINY, steps=2), c).render(request(), c)
+    assert all(np.isfinite(v) for v in res.meta["losses"].values()) and np.asarray(res.image).std() > 0

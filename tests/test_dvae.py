@@ -164,3 +164,9 @@ def test_memory_refusal_names_the_largest_canvas_that_fits():
     assert f"largest size that fits is {best[0]}x{best[1]}" in str(err.value)
     assert best == (512, 256)
     assert cs.check_fits(est, 512, 256, 8, budget, "dVAE+CLIP") == budget
+
+
+def test_dvae_clip_runs_under_bf16_autocast(tmp_path):
+    ctx = tiny_ctx(tmp_path, dtype=torch.bfloat16)
+    res = build("dvae_clip", dict(TINY, steps=2), ctx).render(request(width=16, height=16), ctx)
+    assert all(np.isfinite(v) for v in res.meta["losses"].values())
