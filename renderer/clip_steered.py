@@ -26,6 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from renderer.base import GeneratorUnavailable, RenderContext, RenderRequest
+from renderer.checkpoint_io import CheckpointError
 from renderer.vqgan_clip import memory
 from renderer.vqgan_clip.clip_guidance import ClipModel, clip_checkpoint_name, clip_weights_path, load_clip
 from renderer.vqgan_clip.cutouts import AugmentConfig
@@ -271,3 +272,50 @@ class ModelIdent:
         if not self.file:
             return {"name": self.name, "weights": "random-init"}
         return {"name": self.name, "file": self.file, "sha256": self.sha256}
+
+
+class SteeredGenerator:
+    """The frame the family's generators share: settings, device, CLIP models, and their own models by spec.
+
+    Subclasses set ``name``, ``title``, ``model_key`` (the setting that names the model) and
+    ``tiny_label``, and implement :meth:`load_model` (a :class:`CheckpointError` there becomes
+    :class:`GeneratorUnavailable` naming the file, so the worker marks the exhibit unavailable).
+    """
+
+    name = ""
+    title = ""
+    model_key = ""
+    tiny_label = ""
+
+    def __init__(self, settings: dict[str, Any], ctx: RenderContext):
+        self.settings = settings
+        self.device = torch.device(ctx.device)
+        self.weights_dir = Path(ctx.weights_dir)
+        self.clips = ClipModels(self.device, self.weights_dir)
+        self._models: dict[str, tuple] = {}
+        self.model(settings[self.model_key])  # fail early and clearly when weights are missing
+        if self.uses_clip(settings):
+            self.clips.many(settings["clip_models"])
+
+    def uses_clip(self, s: Mapping[str, Any]) -> bool:
+        return True
+
+    @property
+    def label(self) -> str:
+        return self.label_for(self.settings)
+
+    def label_for(self, s: Mapping[str, Any]) -> str:
+        if s[self.model_key] == "tiny" or (self.uses_clip(s) and "tiny" in s["clip_models"]):
+            return self.tiny_label
+        return f"{self.title} ({Path(s[self.model_key]).stem} guided by {', '.join(s['clip_models'])})"
+
+    def model(self, spec: str) -> tuple:
+        if spec not in self._models:
+            try:
+                self._models[spec] = self.load_model(spec)
+            except CheckpointError as exc:
+                raise GeneratorUnavailable(str(exc)) from exc
+        return self._models[spec]
+
+    def load_model(self, spec: str) -> tuple:
+        raise NotImplementedError

@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import sys
 import types
+import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
@@ -144,7 +145,9 @@ def write_decoder_pkl(path: Path, n_init=16, n_hid=16, n_blk_per_group=1, vocab_
     path.parent.mkdir(parents=True, exist_ok=True)
     with dall_e_package() as cls:
         dec = cls["Decoder"](n_init, n_hid, n_blk_per_group, vocab_size, seed=seed)
-        torch.save(dec, path, _use_new_zipfile_serialization=not legacy)
+        with warnings.catch_warnings():  # legacy torch.save looks for the stand-ins' source files
+            warnings.filterwarnings("ignore", message="Couldn't retrieve source code")
+            torch.save(dec, path, _use_new_zipfile_serialization=not legacy)
         return {k: v.detach().clone() for k, v in dec.state_dict().items()}
 
 
@@ -156,30 +159,8 @@ def write_encoder_pkl(path: Path, n_hid=16, n_blk_per_group=1, vocab_size=64, se
         return {k: v.detach().clone() for k, v in enc.state_dict().items()}
 
 
-def reference_decode(sd: dict, z: torch.Tensor, n_blk_per_group: int) -> torch.Tensor:
-    """The package's decoder forward, float64, functional, from the official parameter names."""
-    d = {k: v.double() for k, v in sd.items()}
-    n_layers = 4 * n_blk_per_group
-
-    def conv(p: str, x: torch.Tensor) -> torch.Tensor:
-        w = d[f"{p}.w"]
-        return F.conv2d(x, w, d[f"{p}.b"], padding=(w.shape[-1] - 1) // 2)
-
-    x = conv("blocks.input", z.double())
-    for k in range(1, 5):
-        for i in range(1, n_blk_per_group + 1):
-            p = f"blocks.group_{k}.block_{i}"
-            idp = conv(f"{p}.id_path", x) if f"{p}.id_path.w" in d else x
-            h = x
-            for j in range(1, 5):
-                h = conv(f"{p}.res_path.conv_{j}", h.relu())
-            x = idp + h / n_layers ** 2
-        if k < 4:
-            x = x.repeat_interleave(2, 2).repeat_interleave(2, 3)
-    return conv("blocks.output.conv", x.relu())
-
-
-def reference_encode(sd: dict, x: torch.Tensor, n_blk_per_group: int) -> torch.Tensor:
+def _reference(sd: dict, x: torch.Tensor, n_blk_per_group: int, resample) -> torch.Tensor:
+    """The package's forward, float64, functional, from the official parameter names."""
     d = {k: v.double() for k, v in sd.items()}
     n_layers = 4 * n_blk_per_group
 
@@ -197,5 +178,13 @@ def reference_encode(sd: dict, x: torch.Tensor, n_blk_per_group: int) -> torch.T
                 r = conv(f"{p}.res_path.conv_{j}", r.relu())
             h = idp + r / n_layers ** 2
         if k < 4:
-            h = F.max_pool2d(h, 2)
+            h = resample(h)
     return conv("blocks.output.conv", h.relu())
+
+
+def reference_decode(sd: dict, z: torch.Tensor, n_blk_per_group: int) -> torch.Tensor:
+    return _reference(sd, z, n_blk_per_group, lambda h: h.repeat_interleave(2, 2).repeat_interleave(2, 3))
+
+
+def reference_encode(sd: dict, x: torch.Tensor, n_blk_per_group: int) -> torch.Tensor:
+    return _reference(sd, x, n_blk_per_group, lambda h: F.max_pool2d(h, 2))

@@ -33,7 +33,6 @@ import torch
 from renderer import clip_steered as cs
 from renderer.base import GeneratorUnavailable, RenderContext, RenderRequest, RenderResult, register
 from renderer.biggan.model import OFFICIAL, BigGAN, activation_bytes, load_biggan, param_count, random_biggan, tiny_config
-from renderer.checkpoint_io import CheckpointError
 from renderer.vqgan_clip.generator import file_sha256
 from renderer.vqgan_clip.optimise import to_pil
 from renderer.weights import WeightsError, get_checkpoint
@@ -124,41 +123,20 @@ def check_memory(cfg, n_params: int, clip_bytes: int, available: int, cutouts: i
                             f"{hint} (or lower 'cutouts')")
 
 
-class BigSleepGenerator:
+class BigSleepGenerator(cs.SteeredGenerator):
     name = NAME
+    title = "Big Sleep"
+    model_key = "biggan"
+    tiny_label = TINY_LABEL
 
-    def __init__(self, settings: dict[str, Any], ctx: RenderContext):
-        self.settings = settings
-        self.device = torch.device(ctx.device)
-        self.weights_dir = Path(ctx.weights_dir)
-        self.clips = cs.ClipModels(self.device, self.weights_dir)
-        self._models: dict[str, tuple[BigGAN, dict]] = {}
-        self._model(settings["biggan"])
-        self.clips.many(settings["clip_models"])
-
-    @property
-    def label(self) -> str:
-        return self._label(self.settings)
-
-    @staticmethod
-    def _label(s: Mapping[str, Any]) -> str:
-        if s["biggan"] == "tiny" or "tiny" in s["clip_models"]:
-            return TINY_LABEL
-        return f"Big Sleep ({Path(s['biggan']).stem} guided by {', '.join(s['clip_models'])})"
-
-    def _model(self, spec: str) -> tuple[BigGAN, dict]:
-        if spec not in self._models:
-            if spec == "tiny":
-                model, ident = random_biggan(tiny_config()), cs.ModelIdent("tiny")
-            else:
-                bin_path, json_path = resolve_files(spec, self.weights_dir)
-                try:
-                    model = load_biggan(bin_path, json_path)
-                except CheckpointError as exc:
-                    raise GeneratorUnavailable(str(exc)) from exc
-                ident = cs.ModelIdent(spec, bin_path.name, file_sha256(bin_path))
-            self._models[spec] = (model.to(self.device), ident.as_dict())
-        return self._models[spec]
+    def load_model(self, spec: str) -> tuple[BigGAN, dict]:
+        if spec == "tiny":
+            model, ident = random_biggan(tiny_config()), cs.ModelIdent("tiny")
+        else:
+            bin_path, json_path = resolve_files(spec, self.weights_dir)
+            model = load_biggan(bin_path, json_path)
+            ident = cs.ModelIdent(spec, bin_path.name, file_sha256(bin_path))
+        return model.to(self.device), ident.as_dict()
 
     def _check_memory(self, model: BigGAN, clips: list, s: Mapping[str, Any], ctx: RenderContext) -> None:
         free = cs.available_bytes(self.device)
@@ -172,7 +150,7 @@ class BigSleepGenerator:
     def render(self, req: RenderRequest, ctx: RenderContext) -> RenderResult:
         s = parse_settings(cs.merged_params(self.settings, req), strict=False)
         device = torch.device(ctx.device)
-        model, ident = self._model(s["biggan"])
+        model, ident = self.model(s["biggan"])
         clips = self.clips.many(s["clip_models"])
         prompts = cs.weighted_prompts(req, NAME)
         self._check_memory(model, [c for c, _ in clips], s, ctx)
@@ -208,7 +186,7 @@ class BigSleepGenerator:
         with torch.no_grad():
             top = classes_of(params.detach()).float()[0].topk(3)
         meta = {
-            "generator": NAME, "label": self._label(s), "seed": seed, "width": cfg.output_dim,
+            "generator": NAME, "label": self.label_for(s), "seed": seed, "width": cfg.output_dim,
             "height": cfg.output_dim, "prompt": "|".join(f"{t}:{w:g}" for t, w in prompts),
             "prompts": [list(p) for p in prompts], "models": {"biggan": ident, "clip": [i for _, i in clips]},
             "params": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()},

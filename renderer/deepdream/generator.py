@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from exhibits.files import atomic_path
 from renderer import clip_steered as cs
 from renderer.base import GeneratorUnavailable, RenderCancelled, RenderContext, RenderRequest, RenderResult, register
-from renderer.checkpoint_io import CheckpointError
 from renderer.deepdream.model import (Classifier, LayerTaps, activation_elems_per_pixel, load_classifier,
                                       random_classifier, resolve_layer)
 from renderer.vqgan_clip.generator import file_sha256
@@ -151,49 +150,39 @@ def dream_gradient(clf: Classifier, taps: LayerTaps, img: torch.Tensor, tile: in
     return torch.roll(grad, shifts=(-sy, -sx), dims=(-2, -1)), total
 
 
-class DeepDreamGenerator:
+class DeepDreamGenerator(cs.SteeredGenerator):
     name = NAME
+    title = "DeepDream"
+    model_key = "model"
+    tiny_label = TINY_LABEL
 
     def __init__(self, settings: dict[str, Any], ctx: RenderContext):
-        self.settings = settings
-        self.device = torch.device(ctx.device)
-        self.weights_dir = Path(ctx.weights_dir)
-        self.clips = cs.ClipModels(self.device, self.weights_dir)
-        self._models: dict[str, tuple[Classifier, dict]] = {}
-        clf, _ = self._model(settings["model"])
+        super().__init__(settings, ctx)
+        clf, _ = self.model(settings["model"])
         try:
             for layer in settings["layers"]:
                 resolve_layer(clf.model, layer)
         except ValueError as exc:
             raise GeneratorUnavailable(f"generator {NAME!r}: setting 'layers': {exc}") from exc
-        if settings["clip_weight"]:
-            self.clips.many(settings["clip_models"])
 
-    @property
-    def label(self) -> str:
-        return self._label(self.settings)
+    def uses_clip(self, s: Mapping[str, Any]) -> bool:
+        return s["clip_weight"] > 0
 
-    @staticmethod
-    def _label(s: Mapping[str, Any]) -> str:
+    def label_for(self, s: Mapping[str, Any]) -> str:
         if s["model"] == "tiny":
             return TINY_LABEL
         steer = f", steered by {', '.join(s['clip_models'])}" if s["clip_weight"] else ""
         return f"DeepDream ({Path(s['model']).stem}, {', '.join(s['layers'])}{steer})"
 
-    def _model(self, spec: str) -> tuple[Classifier, dict]:
-        if spec not in self._models:
-            if spec == "tiny":
-                clf, ident = Classifier(random_classifier("googlenet"), "googlenet"), cs.ModelIdent("tiny")
-            else:
-                path = resolve_file(spec, self.weights_dir)
-                try:
-                    model, arch = load_classifier(path)
-                except CheckpointError as exc:
-                    raise GeneratorUnavailable(str(exc)) from exc
-                clf, ident = Classifier(model, arch), cs.ModelIdent(spec, path.name, file_sha256(path))
-            clf.model.to(self.device)
-            self._models[spec] = (clf, ident.as_dict())
-        return self._models[spec]
+    def load_model(self, spec: str) -> tuple[Classifier, dict]:
+        if spec == "tiny":
+            clf, ident = Classifier(random_classifier("googlenet"), "googlenet"), cs.ModelIdent("tiny")
+        else:
+            path = resolve_file(spec, self.weights_dir)
+            model, arch = load_classifier(path)
+            clf, ident = Classifier(model, arch), cs.ModelIdent(spec, path.name, file_sha256(path))
+        clf.model.to(self.device)
+        return clf, ident.as_dict()
 
     def estimate_bytes(self, clf: Classifier, layers, width: int, height: int, tile: int, clip_bytes: int) -> int:
         pw, ph = (min(width, tile), min(height, tile)) if tile else (width, height)
@@ -205,7 +194,7 @@ class DeepDreamGenerator:
         own = {k: v for k, v in self.settings.items() if k != "steps"}
         s = parse_settings(cs.merged_params(own, req), strict=False)
         device = torch.device(ctx.device)
-        clf, ident = self._model(s["model"])
+        clf, ident = self.model(s["model"])
         try:
             taps = LayerTaps(clf.model, s["layers"])
         except ValueError as exc:
@@ -287,7 +276,7 @@ class DeepDreamGenerator:
                 detail = img - bases[octave - 1]
                 img = (bases[octave] + _resize(detail, sizes[octave])).clamp(0, 1)
         meta = {
-            "generator": NAME, "label": self._label(s), "seed": seed, "width": width, "height": height,
+            "generator": NAME, "label": self.label_for(s), "seed": seed, "width": width, "height": height,
             "prompt": "|".join(f"{t}:{w:g}" for t, w in prompts), "prompts": [list(p) for p in prompts],
             "models": {"classifier": {**ident, "arch": clf.arch}, "clip": [i for _, i in clips]},
             "layers": list(taps.names), "params": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()},

@@ -27,7 +27,7 @@ from renderer import clip_steered as cs
 from renderer.base import GeneratorUnavailable, RenderContext, RenderRequest, RenderResult, register
 from renderer.checkpoint_io import CheckpointError
 from renderer.dvae.model import (Decoder, Encoder, activation_bytes, load_decoder, load_encoder, map_pixels,
-                                 random_decoder, tiny_decoder_config)
+                                 random_decoder, random_encoder, tiny_decoder_config, tiny_encoder_config)
 from renderer.vqgan_clip.generator import file_sha256
 from renderer.vqgan_clip.optimise import to_pil
 from renderer.weights import WeightsError, get_checkpoint
@@ -88,53 +88,30 @@ def estimate_bytes(dec: Decoder, width: int, height: int, clip_bytes: int, act_b
                + 256 * 2**20)
 
 
-class DvaeClipGenerator:
+class DvaeClipGenerator(cs.SteeredGenerator):
     name = NAME
+    title = "dVAE+CLIP"
+    model_key = "dvae"
+    tiny_label = TINY_LABEL
 
-    def __init__(self, settings: dict[str, Any], ctx: RenderContext):
-        self.settings = settings
-        self.device = torch.device(ctx.device)
-        self.weights_dir = Path(ctx.weights_dir)
-        self.clips = cs.ClipModels(self.device, self.weights_dir)
-        self._models: dict[str, tuple[Decoder, Encoder | None, dict]] = {}
-        self._model(settings["dvae"])
-        self.clips.many(settings["clip_models"])
-
-    @property
-    def label(self) -> str:
-        return self._label(self.settings)
-
-    @staticmethod
-    def _label(s: Mapping[str, Any]) -> str:
-        if s["dvae"] == "tiny" or "tiny" in s["clip_models"]:
-            return TINY_LABEL
-        return f"dVAE+CLIP ({Path(s['dvae']).stem} guided by {', '.join(s['clip_models'])})"
-
-    def _model(self, spec: str) -> tuple[Decoder, Encoder | None, dict]:
-        if spec not in self._models:
-            if spec == "tiny":
-                from renderer.dvae.model import random_encoder, tiny_encoder_config
-
-                dec, enc, ident = random_decoder(tiny_decoder_config()), random_encoder(tiny_encoder_config()), \
-                    cs.ModelIdent("tiny")
-            else:
-                dec_path, enc_path = resolve_files(spec, self.weights_dir)
-                try:
-                    dec = load_decoder(dec_path)
-                    enc = load_encoder(enc_path) if enc_path else None
-                except CheckpointError as exc:
-                    raise GeneratorUnavailable(str(exc)) from exc
-                if enc is not None and enc.cfg.vocab_size != dec.cfg.vocab_size:
-                    raise GeneratorUnavailable(f"{enc_path}: encoder has {enc.cfg.vocab_size} tokens, the decoder "
-                                               f"{dec.cfg.vocab_size}")
-                ident = cs.ModelIdent(spec, dec_path.name, file_sha256(dec_path))
-            self._models[spec] = (dec.to(self.device), enc.to(self.device) if enc else None, ident.as_dict())
-        return self._models[spec]
+    def load_model(self, spec: str) -> tuple[Decoder, Encoder | None, dict]:
+        if spec == "tiny":
+            dec, enc = random_decoder(tiny_decoder_config()), random_encoder(tiny_encoder_config())
+            ident = cs.ModelIdent("tiny")
+        else:
+            dec_path, enc_path = resolve_files(spec, self.weights_dir)
+            dec = load_decoder(dec_path)
+            enc = load_encoder(enc_path) if enc_path else None
+            if enc is not None and enc.cfg.vocab_size != dec.cfg.vocab_size:
+                raise CheckpointError(f"{enc_path}: the encoder has {enc.cfg.vocab_size} tokens, the decoder "
+                                      f"{dec.cfg.vocab_size}")
+            ident = cs.ModelIdent(spec, dec_path.name, file_sha256(dec_path))
+        return dec.to(self.device), enc.to(self.device) if enc else None, ident.as_dict()
 
     def render(self, req: RenderRequest, ctx: RenderContext) -> RenderResult:
         s = parse_settings(cs.merged_params(self.settings, req), strict=False)
         device = torch.device(ctx.device)
-        dec, enc, ident = self._model(s["dvae"])
+        dec, enc, ident = self.model(s["dvae"])
         clips = self.clips.many(s["clip_models"])
         prompts = cs.weighted_prompts(req, NAME)
         f = Decoder.factor
@@ -164,7 +141,7 @@ class DvaeClipGenerator:
                             init=file_sha256(init_path) if init_path and init_path.is_file() else None)
         res = cs.run_loop(logits, generate, [term], s, ctx, [gen], fp)
         meta = {
-            "generator": NAME, "label": self._label(s), "seed": seed, "width": width, "height": height,
+            "generator": NAME, "label": self.label_for(s), "seed": seed, "width": width, "height": height,
             "prompt": "|".join(f"{t}:{w:g}" for t, w in prompts), "prompts": [list(p) for p in prompts],
             "models": {"dvae": ident, "clip": [i for _, i in clips]},
             "params": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()},

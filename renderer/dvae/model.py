@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from renderer.checkpoint_io import CheckpointError, restricted_torch_load, strict_copy
+from renderer.stylegan.unpickle import PersistentObject
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,21 @@ class Block(nn.Module):
         return self.id_path(x) + self.post_gain * h
 
 
+def _stack(first: Conv, ins: tuple[int, ...], outs: tuple[int, ...], n_blk: int, kernels: tuple[int, int, int, int],
+           resample: tuple[str, Any], last: Conv) -> nn.Sequential:
+    """``input``, four groups of residual blocks (a resampling layer after the first three), ``output``."""
+    n_layers = GROUP_COUNT * n_blk
+    groups: list[tuple[str, nn.Module]] = [("input", first)]
+    for g in range(GROUP_COUNT):
+        blocks: OrderedDict[str, nn.Module] = OrderedDict(
+            (f"block_{i + 1}", Block(ins[g] if i == 0 else outs[g], outs[g], n_layers, kernels)) for i in range(n_blk))
+        if g < GROUP_COUNT - 1:
+            blocks[resample[0]] = resample[1]()
+        groups.append((f"group_{g + 1}", nn.Sequential(blocks)))
+    groups.append(("output", nn.Sequential(OrderedDict([("relu", nn.ReLU()), ("conv", last)]))))
+    return nn.Sequential(OrderedDict(groups))
+
+
 @dataclass(frozen=True)
 class DecoderConfig:
     n_init: int = 128
@@ -104,20 +120,11 @@ class Decoder(nn.Module):
     def __init__(self, cfg: DecoderConfig):
         super().__init__()
         self.cfg = cfg
-        n_layers = GROUP_COUNT * cfg.n_blk_per_group
         h = cfg.n_hid
-        ins = (cfg.n_init, 8 * h, 4 * h, 2 * h)
-        outs = (8 * h, 4 * h, 2 * h, h)
-        groups: list[tuple[str, nn.Module]] = [("input", Conv(cfg.vocab_size, cfg.n_init, 1))]
-        for g in range(GROUP_COUNT):
-            blocks = OrderedDict((f"block_{i + 1}", Block(ins[g] if i == 0 else outs[g], outs[g], n_layers,
-                                                          (1, 3, 3, 3))) for i in range(cfg.n_blk_per_group))
-            if g < GROUP_COUNT - 1:
-                blocks["upsample"] = nn.Upsample(scale_factor=2, mode="nearest")
-            groups.append((f"group_{g + 1}", nn.Sequential(blocks)))
-        groups.append(("output", nn.Sequential(OrderedDict([("relu", nn.ReLU()),
-                                                            ("conv", Conv(h, 2 * cfg.output_channels, 1))]))))
-        self.blocks = nn.Sequential(OrderedDict(groups))
+        self.blocks = _stack(Conv(cfg.vocab_size, cfg.n_init, 1), (cfg.n_init, 8 * h, 4 * h, 2 * h),
+                             (8 * h, 4 * h, 2 * h, h), cfg.n_blk_per_group, (1, 3, 3, 3),
+                             ("upsample", lambda: nn.Upsample(scale_factor=2, mode="nearest")),
+                             Conv(h, 2 * cfg.output_channels, 1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.ndim != 4 or z.shape[1] != self.cfg.vocab_size:
@@ -138,20 +145,10 @@ class Encoder(nn.Module):
     def __init__(self, cfg: EncoderConfig):
         super().__init__()
         self.cfg = cfg
-        n_layers = GROUP_COUNT * cfg.n_blk_per_group
         h = cfg.n_hid
-        ins = (h, h, 2 * h, 4 * h)
-        outs = (h, 2 * h, 4 * h, 8 * h)
-        groups: list[tuple[str, nn.Module]] = [("input", Conv(cfg.input_channels, h, 7))]
-        for g in range(GROUP_COUNT):
-            blocks = OrderedDict((f"block_{i + 1}", Block(ins[g] if i == 0 else outs[g], outs[g], n_layers,
-                                                          (3, 3, 3, 1))) for i in range(cfg.n_blk_per_group))
-            if g < GROUP_COUNT - 1:
-                blocks["pool"] = nn.MaxPool2d(kernel_size=2)
-            groups.append((f"group_{g + 1}", nn.Sequential(blocks)))
-        groups.append(("output", nn.Sequential(OrderedDict([("relu", nn.ReLU()),
-                                                            ("conv", Conv(8 * h, cfg.vocab_size, 1))]))))
-        self.blocks = nn.Sequential(OrderedDict(groups))
+        self.blocks = _stack(Conv(cfg.input_channels, h, 7), (h, h, 2 * h, 4 * h), (h, 2 * h, 4 * h, 8 * h),
+                             cfg.n_blk_per_group, (3, 3, 3, 1), ("pool", lambda: nn.MaxPool2d(kernel_size=2)),
+                             Conv(8 * h, cfg.vocab_size, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.cfg.input_channels:
@@ -162,38 +159,28 @@ class Encoder(nn.Module):
 # --------------------------------------------------------------------------- the restricted reader
 
 
-class PickledModule:
-    """An inert stand-in for a pickled module of the ``dall_e`` package or torch: class name and state only."""
+class PickledModule(PersistentObject):
+    """An inert stand-in for a pickled module of the ``dall_e`` package or torch: class name and state only.
+
+    Built by the pickle's ``NEWOBJ`` + ``BUILD``; the state's ``_parameters`` / ``_buffers`` /
+    ``_modules`` are read as the StyleGAN loader reads NVlabs' persistent objects.
+    """
 
     qualname = "?"
 
     def __setstate__(self, state: Any) -> None:
         if not isinstance(state, dict):
             raise CheckpointError(f"pickled {self.qualname} has a {type(state).__name__} state, expected a dict")
+        self.class_name = self.qualname
         self.state = state
 
     def __reduce__(self) -> Any:
         raise TypeError("placeholders read from a checkpoint cannot be pickled again")
 
-    @property
-    def modules(self) -> dict[str, "PickledModule"]:
-        return dict(self.state.get("_modules") or {})
-
-    def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for key in ("_parameters", "_buffers"):
-            for name, value in (self.state.get(key) or {}).items():
-                if value is not None:
-                    out[prefix + name] = value
-        for name, sub in self.modules.items():
-            if isinstance(sub, PickledModule):
-                out.update(sub.tensors(f"{prefix}{name}."))
-        return out
-
     def walk(self, path: str = "") -> list[tuple[str, str]]:
         """(dotted path, class) of this module ("" for the top) and every submodule."""
         out = [(path, self.qualname)]
-        for name, sub in self.modules.items():
+        for name, sub in self.submodules.items():
             sub_path = f"{path}.{name}" if path else name
             if not isinstance(sub, PickledModule):
                 raise CheckpointError(f"submodule {sub_path} is a {type(sub).__name__}, not a module")
@@ -279,7 +266,7 @@ def _check_tree(top: PickledModule, ours: nn.Module, source: str) -> None:
 def top_state(top: PickledModule, dotted: str) -> Mapping[str, Any]:
     node = top
     for part in dotted.split("."):
-        node = node.modules[part]
+        node = node.submodules[part]
     return node.state
 
 
