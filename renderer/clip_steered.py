@@ -172,6 +172,27 @@ class ClipModels:
         return [self.get(s) for s in specs]
 
 
+def registry_files(spec: str, family: str, weights_dir: Path, what: str,
+                   required: int = 1) -> list[Path | None] | None:
+    """The installed files of registry checkpoint ``spec`` of ``family`` (main first, then extras; None for an
+    optional extra that is absent), or None when ``spec`` is not such a name.  When one of the first
+    ``required`` files is missing: :class:`GeneratorUnavailable` with the fetch command."""
+    from renderer.weights import WeightsError, get_checkpoint
+
+    try:
+        entry = get_checkpoint(spec)
+    except WeightsError:
+        return None
+    if entry.family != family:
+        return None
+    paths = [Path(weights_dir) / f.filename for f in entry.files]
+    missing = [p.name for p in paths[:required] if not p.is_file()]
+    if missing:
+        raise GeneratorUnavailable(f"{what} weights {spec!r} are not in {weights_dir} (need {' and '.join(missing)}); "
+                                   f"run: python -m kiosk fetch-models {spec}")
+    return [p if p.is_file() else None for p in paths]
+
+
 def clip_term(clips: Sequence[ClipModel], prompts: Sequence[tuple[str, float]], device: torch.device,
               gen: torch.Generator, s: Mapping[str, Any]) -> ClipTerm:
     """The shared CLIP prompt loss (every prompt everywhere: these generators make single pictures)."""

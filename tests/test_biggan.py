@@ -3,7 +3,6 @@ refused files; the Big Sleep tricks and generator."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 import torch

@@ -75,7 +75,7 @@ def test_hostile_damaged_and_foreign_files_name_the_file(tmp_path, googlenet_fil
             load_classifier(bad)
 
 
-def test_layers_by_name_and_classic_aliases():
+def test_layers_by_name_and_classic_aliases(tmp_path):
     model = random_classifier()
     assert resolve_layer(model, "mixed4c") == "inception4c"
     assert resolve_layer(model, "conv2d2") == "conv3"
@@ -83,7 +83,7 @@ def test_layers_by_name_and_classic_aliases():
     with pytest.raises(ValueError, match="inception5b"):
         resolve_layer(model, "mixed9z")
     with pytest.raises(GeneratorUnavailable, match="'layers'"):
-        build("deepdream", dict(TINY, layers=["nope"]), tiny_ctx(__import__("pathlib").Path("/tmp/dd-x")))
+        build("deepdream", dict(TINY, layers=["nope"]), tiny_ctx(tmp_path))
 
 
 def test_tiling_covers_the_picture_and_a_large_tile_equals_no_tiling():

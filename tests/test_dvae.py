@@ -3,7 +3,6 @@ hostile and damaged pickles refused with nothing run; the dvae_clip generator.""
 from __future__ import annotations
 
 import io
-import pickle
 import pickletools
 import zipfile
 from pathlib import Path

@@ -35,7 +35,6 @@ from renderer.base import GeneratorUnavailable, RenderContext, RenderRequest, Re
 from renderer.biggan.model import OFFICIAL, BigGAN, activation_bytes, load_biggan, param_count, random_biggan, tiny_config
 from renderer.vqgan_clip.generator import file_sha256
 from renderer.vqgan_clip.optimise import to_pil
-from renderer.weights import WeightsError, get_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +57,9 @@ def parse_settings(raw: Mapping[str, Any], strict: bool = True) -> dict[str, Any
 
 def resolve_files(spec: str, weights_dir: Path) -> tuple[Path, Path]:
     """(state dict, config.json) for a registry name or a path; the fetch command when missing."""
-    try:
-        entry = get_checkpoint(spec)
-    except WeightsError:
-        entry = None
-    if entry is not None and entry.family == "biggan":
-        bin_path = Path(weights_dir) / entry.filename
-        json_path = Path(weights_dir) / entry.extra[0].filename
-        if not (bin_path.is_file() and json_path.is_file()):
-            raise GeneratorUnavailable(f"BigGAN weights {spec!r} are not in {weights_dir} (need {bin_path.name} and "
-                                       f"{json_path.name}); run: python -m kiosk fetch-models {spec}")
-        return bin_path, json_path
+    installed = cs.registry_files(spec, "biggan", weights_dir, "BigGAN", required=2)
+    if installed is not None:
+        return installed[0], installed[1]
     path = Path(spec).expanduser()
     if not path.is_file() or not path.with_suffix(".json").is_file():
         raise GeneratorUnavailable(f"setting 'biggan' = {spec!r}: not a known checkpoint (biggan-deep-128, "

@@ -37,7 +37,6 @@ from renderer.deepdream.model import (Classifier, LayerTaps, activation_elems_pe
                                       random_classifier, resolve_layer)
 from renderer.vqgan_clip.generator import file_sha256
 from renderer.vqgan_clip.optimise import to_pil
-from renderer.weights import WeightsError, get_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -83,16 +82,9 @@ def parse_settings(raw: Mapping[str, Any], strict: bool = True) -> dict[str, Any
 
 
 def resolve_file(spec: str, weights_dir: Path) -> Path:
-    try:
-        entry = get_checkpoint(spec)
-    except WeightsError:
-        entry = None
-    if entry is not None and entry.family == "deepdream":
-        path = Path(weights_dir) / entry.filename
-        if not path.is_file():
-            raise GeneratorUnavailable(f"DeepDream weights {spec!r} are not in {weights_dir} (need {path.name}); "
-                                       f"run: python -m kiosk fetch-models {spec}")
-        return path
+    installed = cs.registry_files(spec, "deepdream", weights_dir, "DeepDream")
+    if installed is not None:
+        return installed[0]
     path = Path(spec).expanduser()
     if not path.is_file():
         raise GeneratorUnavailable(f"setting 'model' = {spec!r}: not a known checkpoint (googlenet-imagenet, "

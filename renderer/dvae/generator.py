@@ -30,7 +30,6 @@ from renderer.dvae.model import (Decoder, Encoder, activation_bytes, load_decode
                                  random_decoder, random_encoder, tiny_decoder_config, tiny_encoder_config)
 from renderer.vqgan_clip.generator import file_sha256
 from renderer.vqgan_clip.optimise import to_pil
-from renderer.weights import WeightsError, get_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +52,9 @@ def parse_settings(raw: Mapping[str, Any], strict: bool = True) -> dict[str, Any
 
 def resolve_files(spec: str, weights_dir: Path) -> tuple[Path, Path | None]:
     """(decoder.pkl, encoder.pkl or None) for a registry name or a path; the fetch command when missing."""
-    try:
-        entry = get_checkpoint(spec)
-    except WeightsError:
-        entry = None
-    if entry is not None and entry.family == "dvae":
-        dec = Path(weights_dir) / entry.filename
-        enc = Path(weights_dir) / entry.extra[0].filename
-        if not dec.is_file():
-            raise GeneratorUnavailable(f"dVAE weights {spec!r} are not in {weights_dir} (need {dec.name}); "
-                                       f"run: python -m kiosk fetch-models {spec}")
-        return dec, enc if enc.is_file() else None
+    installed = cs.registry_files(spec, "dvae", weights_dir, "dVAE")
+    if installed is not None:
+        return installed[0], installed[1]
     path = Path(spec).expanduser()
     if not path.is_file():
         raise GeneratorUnavailable(f"setting 'dvae' = {spec!r}: not a known checkpoint (dall-e-dvae, tiny) "
