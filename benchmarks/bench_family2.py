@@ -133,13 +133,10 @@ def bench_big_sleep(full: bool, clip: ClipModel, device: torch.device, steps: in
     model = random_biggan(cfg).to(device)
     settings = bs_settings({"biggan": "bench", "clip_models": ["bench"], "steps": steps + 1, "cutouts": CUTOUTS,
                             "progress_every": 1, "checkpoint_every": 0, "amp": False, "augment": False})
-    gen = BigSleepGenerator.__new__(BigSleepGenerator)
+    gen = BigSleepGenerator.__new__(BigSleepGenerator)  # models handed in instead of loaded from files
     gen.settings, gen.device, gen.weights_dir = settings, device, Path(".")
     gen._models = {"bench": (model, {"name": "bench", "weights": "random-init"})}
-    from renderer.clip_steered import ClipModels
-
-    gen.clips = ClipModels(device, Path("."))
-    gen.clips._clips["bench"] = (clip, {"name": "bench"})
+    gen._clips = {"bench": (clip, {"name": "bench"})}
     ours = lambda: timed_render(gen, {}, device, steps)  # noqa: E731
 
     # classic: spectral norm recomputed every forward, per-cutout loop
@@ -179,10 +176,7 @@ def bench_dvae(full: bool, clip: ClipModel, device: torch.device, steps: int, ro
     gen = DvaeClipGenerator.__new__(DvaeClipGenerator)
     gen.settings, gen.device, gen.weights_dir = settings, device, Path(".")
     gen._models = {"bench": (dec, None, {"name": "bench", "weights": "random-init"})}
-    from renderer.clip_steered import ClipModels
-
-    gen.clips = ClipModels(device, Path("."))
-    gen.clips._clips["bench"] = (clip, {"name": "bench"})
+    gen._clips = {"bench": (clip, {"name": "bench"})}
     ours = lambda: timed_render(gen, {}, device, steps)  # noqa: E731
 
     g = torch.Generator().manual_seed(1)
@@ -211,9 +205,7 @@ def bench_deepdream(device: torch.device, steps: int, rounds: int) -> tuple[floa
     gen = DeepDreamGenerator.__new__(DeepDreamGenerator)
     gen.settings, gen.device, gen.weights_dir = settings, device, Path(".")
     gen._models = {"bench": (Classifier(model, "googlenet"), {"name": "bench", "weights": "random-init"})}
-    from renderer.clip_steered import ClipModels
-
-    gen.clips = ClipModels(device, Path("."))
+    gen._clips = {}
     ours = lambda: timed_render(gen, {}, device, steps)  # noqa: E731
 
     # classic: the 2015 notebook's make_step on a NumPy picture

@@ -137,7 +137,7 @@ def test_memory_refusal_names_the_largest_canvas_that_fits(tmp_path):
     from renderer import clip_steered as cs
 
     gen = build("deepdream", TINY, tiny_ctx(tmp_path))
-    clf, _ = gen.model("tiny")
+    clf, _ = gen._model("tiny")
     est = lambda w, h: gen.estimate_bytes(clf, ["inception4c"], w, h, 0, 0)  # noqa: E731
     budget = est(1024, 768)
     with pytest.raises(cs.CanvasTooLarge, match="largest size that fits is 1024x768"):

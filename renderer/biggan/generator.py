@@ -17,42 +17,68 @@ Settings (the exhibit's ``[generator]`` table; a job's ``params`` override them)
     ``.bin`` with its ``.json`` beside it, or ``"tiny"`` (a tiny random-initialised BigGAN, noise).
 ``truncation`` (1.0, in (0, 1]); ``class_sparsity`` (50.0; 0 = off); ``max_classes`` (none, or an integer);
 ``class_temperature`` (2.0, for ``max_classes``); ``latent_loss`` (1.0; 0 = off);
-``clip_models``, ``steps`` (300), ``lr`` (0.07), ``lr_schedule``, ``lr_min_frac``, ``cutouts`` (32),
-``cut_pow``, ``augment``, ``checkpoint_every``, ``progress_every``, ``seed``, ``amp``: as for ``vqgan_clip``.
+and every setting of the shared guidance host (:mod:`renderer.guidance.host`): ``clip_models``, ``steps``
+(300), ``lr`` (0.07), ``lr_schedule``, ``cutouts`` (32), ``cut_pow``, ``augment``, ``panorama`` (default
+``"none"`` here: every prompt everywhere, as the notebook), ``symmetry``, ``timelapse``, ``checkpoint_every``,
+``progress_every``, ``seed``, ``amp``.
 
-The picture is the model's resolution (128, 256 or 512 px square) whatever the canvas says.
+The picture is the model's resolution (128, 256 or 512 px square) whatever the canvas says; there
+is no init image (BigGAN has no encoder).
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from renderer import clip_steered as cs
 from renderer.base import GeneratorUnavailable, RenderContext, RenderRequest, RenderResult, register
 from renderer.biggan.model import OFFICIAL, BigGAN, activation_bytes, load_biggan, param_count, random_biggan, tiny_config
-from renderer.vqgan_clip.generator import file_sha256
-from renderer.vqgan_clip.optimise import to_pil
+from renderer.checkpoint_io import CheckpointError
+from renderer.guidance.host import Canvas, GuidanceSettings, GuidedGenerator, file_sha256
+from renderer.vqgan_clip.clip_guidance import ClipModel
 
 log = logging.getLogger(__name__)
 
 NAME = "big_sleep"
 TINY_LABEL = "Big Sleep with tiny random-initialised models (noise demo, no trained weights)"
-DEFAULTS: dict[str, Any] = {**cs.COMMON_DEFAULTS, "biggan": "biggan-deep-256", "truncation": 1.0,
-                            "class_sparsity": 50.0, "max_classes": None, "class_temperature": 2.0,
-                            "latent_loss": 1.0}
 
 
-def parse_settings(raw: Mapping[str, Any], strict: bool = True) -> dict[str, Any]:
-    r = cs.SettingsReader(NAME, raw, DEFAULTS, strict)
-    s = r.common()
-    s.update(biggan=r.text("biggan", "a checkpoint name (biggan-deep-128/256/512), a path to a .bin, or 'tiny'"),
-             truncation=r.number("truncation", maximum=1.0), class_sparsity=r.number("class_sparsity", strict_min=False),
-             max_classes=r.optional_int("max_classes", 1), class_temperature=r.number("class_temperature"),
-             latent_loss=r.number("latent_loss", strict_min=False))
-    return s
+def _spec(v: Any) -> str:
+    if not (isinstance(v, str) and v):
+        raise ValueError("a checkpoint name (biggan-deep-128/256/512), a path to a .bin, or 'tiny'")
+    return v
+
+
+def _optional_count(v: Any) -> int | None:
+    if v is None:
+        return None
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError("nothing (every class), or an integer >= 1")
+    return v
+
+
+@dataclass(frozen=True)
+class Settings(GuidanceSettings):
+    lr: float = 0.07
+    panorama: str = "none"  # the notebook: every prompt everywhere
+    biggan: str = field(default="biggan-deep-256", metadata={"check": _spec})
+    truncation: float = field(default=1.0, metadata={"max": 1.0})
+    class_sparsity: float = field(default=50.0, metadata={"min": 0.0})
+    max_classes: Any = field(default=None, metadata={"check": _optional_count})
+    class_temperature: float = 2.0
+    latent_loss: float = field(default=1.0, metadata={"min": 0.0})
+
+    @property
+    def tiny(self) -> bool:
+        return self.biggan == "tiny" or "tiny" in self.clip_models
+
+
+def parse_settings(raw: Mapping[str, Any], strict: bool = True) -> Settings:
+    return BigSleepGenerator.parse(raw, strict)
 
 
 def resolve_files(spec: str, weights_dir: Path) -> tuple[Path, Path]:
@@ -114,78 +140,104 @@ def check_memory(cfg, n_params: int, clip_bytes: int, available: int, cutouts: i
                             f"{hint} (or lower 'cutouts')")
 
 
-class BigSleepGenerator(cs.SteeredGenerator):
+class BigSleepGenerator(GuidedGenerator):
+    """BigGAN's noise and class vector as the canvas of the shared guidance host, plus the notebook's terms."""
+
     name = NAME
-    title = "Big Sleep"
-    model_key = "biggan"
+    settings_cls = Settings
     tiny_label = TINY_LABEL
+    title = "Big Sleep"
 
-    def load_model(self, spec: str) -> tuple[BigGAN, dict]:
-        if spec == "tiny":
-            model, ident = random_biggan(tiny_config()), cs.ModelIdent("tiny")
-        else:
-            bin_path, json_path = resolve_files(spec, self.weights_dir)
-            model = load_biggan(bin_path, json_path)
-            ident = cs.ModelIdent(spec, bin_path.name, file_sha256(bin_path))
-        return model.to(self.device), ident.as_dict()
+    def __init__(self, settings: Settings, ctx: RenderContext):
+        self._models: dict[str, tuple[BigGAN, dict]] = {}
+        self._current: tuple[torch.Tensor, torch.Tensor, Settings] | None = None
+        super().__init__(settings, ctx)
 
-    def _check_memory(self, model: BigGAN, clips: list, s: Mapping[str, Any], ctx: RenderContext) -> None:
+    def _label(self, s: Settings) -> str:
+        if s.tiny:
+            return TINY_LABEL
+        return f"Big Sleep ({Path(s.biggan).stem} guided by {', '.join(s.clip_models)})"
+
+    def _model(self, spec: str) -> tuple[BigGAN, dict]:
+        if spec not in self._models:
+            if spec == "tiny":
+                model, ident = random_biggan(tiny_config()), cs.ModelIdent("tiny")
+            else:
+                bin_path, json_path = resolve_files(spec, self.weights_dir)
+                try:
+                    model = load_biggan(bin_path, json_path)
+                except CheckpointError as exc:
+                    raise GeneratorUnavailable(str(exc)) from exc
+                ident = cs.ModelIdent(spec, bin_path.name, file_sha256(bin_path))
+            self._models[spec] = (model.to(self.device), ident.as_dict())
+        return self._models[spec]
+
+    def prepare(self, s: Settings) -> None:
+        self._model(s.biggan)
+
+    def model_ids(self, s: Settings) -> dict[str, Any]:
+        return {"biggan": self._model(s.biggan)[1]}
+
+    def canvas_size(self, s: Settings, width: int, height: int) -> tuple[int, int]:
+        size = self._model(s.biggan)[0].cfg.output_dim  # the picture is the model's resolution
+        return size, size
+
+    def check_memory(self, s: Settings, clips: Sequence[ClipModel], width: int, height: int,
+                     ctx: RenderContext) -> None:
         free = cs.available_bytes(self.device)
         if free is None:
             return
-        act = 2 if (s["amp"] and ctx.dtype in (torch.bfloat16, torch.float16)) else 4
+        model = self._model(s.biggan)[0]
+        act = 2 if (s.amp and ctx.dtype in (torch.bfloat16, torch.float16)) else 4
         need = check_memory(model.cfg, sum(p.numel() for p in model.parameters()),
-                            cs.clip_step_bytes(clips, s["cutouts"], act), free, s["cutouts"], act)
+                            cs.clip_step_bytes(clips, s.cutouts, act), free, s.cutouts, act)
         log.info("Big Sleep memory estimate: %.2f GiB of %.2f GiB free", need / cs.GIB, free / cs.GIB)
 
-    def render(self, req: RenderRequest, ctx: RenderContext) -> RenderResult:
-        s = parse_settings(cs.merged_params(self.settings, req), strict=False)
-        device = torch.device(ctx.device)
-        model, ident = self.model(s["biggan"])
-        clips = self.clips.many(s["clip_models"])
-        prompts = cs.weighted_prompts(req, NAME)
-        self._check_memory(model, [c for c, _ in clips], s, ctx)
+    @staticmethod
+    def classes_of(logits: torch.Tensor, s: Settings) -> torch.Tensor:
+        if s.max_classes:
+            return differentiable_topk(logits, s.max_classes, s.class_temperature)
+        return torch.sigmoid(logits)
+
+    def make_canvas(self, s: Settings, width: int, height: int, gen: torch.Generator, device: torch.device,
+                    init: torch.Tensor | None, init_path: Path | None) -> Canvas:
+        if init is not None:
+            raise GeneratorUnavailable("big_sleep has no encoder: it cannot start from an init image")
+        model = self._model(s.biggan)[0]
         cfg = model.cfg
-        seed = s["seed"] if s["seed"] is not None else req.seed
-        gen = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        z0 = torch.randn(1, cfg.z_dim, generator=gen)
-        logits0 = torch.randn(1, cfg.num_classes, generator=gen) * 0.3 - 3.9  # the notebook's start: all classes ~2%
-        params = torch.cat([z0, logits0], 1).to(device).requires_grad_(True)
-        zd = cfg.z_dim
+        z = torch.randn(1, cfg.z_dim, generator=gen).to(device).requires_grad_(True)
+        # the notebook's start: every class at about 2%
+        logits = (torch.randn(1, cfg.num_classes, generator=gen) * 0.3 - 3.9).to(device).requires_grad_(True)
+        self._current = (z, logits, s)
 
-        def classes_of(p: torch.Tensor) -> torch.Tensor:
-            logits = p[:, zd:]
-            if s["max_classes"]:
-                return differentiable_topk(logits, s["max_classes"], s["class_temperature"])
-            return torch.sigmoid(logits)
+        def image(params: Sequence[torch.Tensor]) -> torch.Tensor:
+            zz, ll = params
+            return (model(zz, self.classes_of(ll, s), s.truncation) + 1) / 2
 
-        def generate(p: torch.Tensor) -> torch.Tensor:
-            return (model(p[:, :zd], classes_of(p), s["truncation"]) + 1) / 2
+        return Canvas(params=[z, logits], image=image)
+
+    def clip_terms(self, s: Settings, clips: Sequence[ClipModel], prompts: Sequence[tuple[str, float]],
+                   gen: torch.Generator, device: torch.device, has_init: bool) -> list:
+        terms = super().clip_terms(s, clips, prompts, gen, device, has_init)
+        z, logits, _ = self._current
 
         def notebook_terms(image: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
             out: dict[str, torch.Tensor] = {}
-            if s["latent_loss"]:
-                out["latent"] = s["latent_loss"] * latent_statistics_loss(params[:, :zd].float())
-            if s["class_sparsity"]:
-                out["class_sparsity"] = class_sparsity_loss(classes_of(params).float(), s["class_sparsity"])
+            if s.latent_loss:
+                out["latent"] = s.latent_loss * latent_statistics_loss(z.float())
+            if s.class_sparsity:
+                out["class_sparsity"] = class_sparsity_loss(self.classes_of(logits, s).float(), s.class_sparsity)
             return out
 
-        term = cs.clip_term([c for c, _ in clips], prompts, device, gen, s)
-        fp = cs.fingerprint(generator=NAME, s=s, prompts=prompts, seed=seed)
-        res = cs.run_loop(params, generate, [term, notebook_terms], s, ctx, [gen], fp)
+        return [*terms, notebook_terms]
+
+    def render(self, req: RenderRequest, ctx: RenderContext) -> RenderResult:
+        res = super().render(req, ctx)
+        _, logits, s = self._current
         with torch.no_grad():
-            top = classes_of(params.detach()).float()[0].topk(3)
-        meta = {
-            "generator": NAME, "label": self.label_for(s), "seed": seed, "width": cfg.output_dim,
-            "height": cfg.output_dim, "prompt": "|".join(f"{t}:{w:g}" for t, w in prompts),
-            "prompts": [list(p) for p in prompts], "models": {"biggan": ident, "clip": [i for _, i in clips]},
-            "params": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()},
-            "top_classes": [[int(i), round(float(v), 4)] for v, i in zip(top.values, top.indices)],
-            "steps_done": res.steps_done, "resumed_from": res.resumed_from, "losses": res.losses,
-            "seconds": round(res.seconds, 2),
-        }
-        return RenderResult(image=to_pil(res.image), meta=meta)
+            top = self.classes_of(logits.detach(), s).float()[0].topk(3)
+        res.meta["top_classes"] = [[int(i), round(float(v), 4)] for v, i in zip(top.values, top.indices)]
+        return res
 
 
 @register(NAME)

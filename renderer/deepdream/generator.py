@@ -23,7 +23,9 @@ start); ``init_image``; ``clip_weight`` (0 = classic DeepDream, prompts unused);
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -33,52 +35,69 @@ import torch.nn.functional as F
 from exhibits.files import atomic_path
 from renderer import clip_steered as cs
 from renderer.base import GeneratorUnavailable, RenderCancelled, RenderContext, RenderRequest, RenderResult, register
+from renderer.checkpoint_io import CheckpointError
 from renderer.deepdream.model import (Classifier, LayerTaps, activation_elems_per_pixel, load_classifier,
                                       random_classifier, resolve_layer)
-from renderer.vqgan_clip.generator import file_sha256
-from renderer.vqgan_clip.optimise import to_pil
+from renderer.guidance.host import GuidanceSettings, GuidedGenerator, file_sha256, jsonable, read_init_image
+from renderer.guidance.loop import to_pil
 
 log = logging.getLogger(__name__)
 
 NAME = "deepdream"
 STATE_FILE = "deepdream_state.pt"
 TINY_LABEL = "DeepDream on a random-initialised GoogLeNet (patterns of an untrained network, no trained weights)"
-DEFAULTS: dict[str, Any] = {
-    "model": "googlenet-imagenet", "layers": ("inception4c",), "octaves": 4, "octave_scale": 1.4, "iterations": 10,
-    "step_size": 0.01, "jitter": 32, "tile_size": 512, "noise": 0.1, "init_image": None, "clip_weight": 0.0,
-    "clip_models": ("ViT-B-32:openai",), "cutouts": 16, "cut_pow": 1.0, "augment": True, "checkpoint_every": 10,
-    "progress_every": 1, "seed": None, "amp": True,
-}
 
 
-def parse_settings(raw: Mapping[str, Any], strict: bool = True) -> dict[str, Any]:
-    r = cs.SettingsReader(NAME, raw, DEFAULTS, strict)
-    layers = r.get("layers")
-    layers = [layers] if isinstance(layers, str) else layers
-    if not isinstance(layers, (list, tuple)) or not layers or not all(isinstance(x, str) and x for x in layers):
-        raise cs.bad_setting(NAME, "layers", layers, "a non-empty list of layer names like 'inception4c'")
-    cm = r.get("clip_models")
-    cm = [cm] if isinstance(cm, str) else cm
-    if not isinstance(cm, (list, tuple)) or not cm or not all(isinstance(x, str) and x for x in cm):
-        raise cs.bad_setting(NAME, "clip_models", cm, "a non-empty list of open_clip names, or ['tiny']")
-    init = r.get("init_image")
-    if init is not None and not (isinstance(init, str) and init):
-        raise cs.bad_setting(NAME, "init_image", init, "a path to a picture")
-    s = {
-        "model": r.text("model", "a checkpoint name (googlenet-imagenet, inception-v3-imagenet), a .pth path, "
-                                 "or 'tiny'"),
-        "layers": tuple(layers), "octaves": r.integer("octaves", 1), "octave_scale": r.number("octave_scale", 1.0),
-        "iterations": r.integer("iterations", 1), "step_size": r.number("step_size"), "jitter": r.integer("jitter"),
-        "tile_size": r.integer("tile_size"), "noise": r.number("noise", strict_min=False), "init_image": init,
-        "clip_weight": r.number("clip_weight", strict_min=False), "clip_models": tuple(cm),
-        "cutouts": r.integer("cutouts", 1), "cut_pow": r.schedule("cut_pow"), "augment": r.boolean("augment"),
-        "checkpoint_every": r.integer("checkpoint_every"), "progress_every": r.integer("progress_every"),
-        "seed": r.optional_int("seed"), "amp": r.boolean("amp"),
-    }
-    if s["tile_size"] and s["tile_size"] < 32:
-        raise cs.bad_setting(NAME, "tile_size", s["tile_size"], "0 (no tiling) or at least 32")
-    s["steps"] = s["octaves"] * s["iterations"]  # for the shared CLIP term's schedules
-    return s
+def _spec(v: Any) -> str:
+    if not (isinstance(v, str) and v):
+        raise ValueError("a checkpoint name (googlenet-imagenet, inception-v3-imagenet), a .pth path, or 'tiny'")
+    return v
+
+
+def _layers(v: Any) -> tuple[str, ...]:
+    v = [v] if isinstance(v, str) else v
+    if not isinstance(v, (list, tuple)) or not v or not all(isinstance(x, str) and x for x in v):
+        raise ValueError("a non-empty list of layer names like 'inception4c' or 'mixed4c'")
+    return tuple(v)
+
+
+def _tile(v: Any) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or (v and v < 32) or v < 0:
+        raise ValueError("0 (no tiling) or an integer of at least 32")
+    return v
+
+
+@dataclass(frozen=True)
+class Settings(GuidanceSettings):
+    """DeepDream's own settings; of the host's, ``steps`` and ``lr`` are unused (octaves x iterations and
+    ``step_size`` take their place) and the rest steer the optional CLIP pull."""
+
+    cutouts: int = 16
+    panorama: str = "none"
+    checkpoint_every: int = 10
+    progress_every: int = 1
+    model: str = field(default="googlenet-imagenet", metadata={"check": _spec})
+    layers: Any = field(default=("inception4c",), metadata={"check": _layers})
+    octaves: int = field(default=4, metadata={"min": 1})
+    octave_scale: float = field(default=1.4, metadata={"min": 1.0})
+    iterations: int = field(default=10, metadata={"min": 1})
+    step_size: float = 0.01
+    jitter: int = 32
+    tile_size: int = field(default=512, metadata={"check": _tile})
+    noise: float = field(default=0.1, metadata={"min": 0.0})
+    clip_weight: float = field(default=0.0, metadata={"min": 0.0})
+
+    @property
+    def tiny(self) -> bool:
+        return self.model == "tiny"
+
+    @property
+    def total(self) -> int:
+        return self.octaves * self.iterations
+
+
+def parse_settings(raw: Mapping[str, Any], strict: bool = True) -> Settings:
+    return DeepDreamGenerator.parse(raw, strict)
 
 
 def resolve_file(spec: str, weights_dir: Path) -> Path:
@@ -142,39 +161,54 @@ def dream_gradient(clf: Classifier, taps: LayerTaps, img: torch.Tensor, tile: in
     return torch.roll(grad, shifts=(-sy, -sx), dims=(-2, -1)), total
 
 
-class DeepDreamGenerator(cs.SteeredGenerator):
-    name = NAME
-    title = "DeepDream"
-    model_key = "model"
-    tiny_label = TINY_LABEL
+class DeepDreamGenerator(GuidedGenerator):
+    """Settings, CLIP models and prompt terms from the guidance host; DeepDream's own octave ascent instead of Adam."""
 
-    def __init__(self, settings: dict[str, Any], ctx: RenderContext):
-        super().__init__(settings, ctx)
-        clf, _ = self.model(settings["model"])
+    name = NAME
+    settings_cls = Settings
+    tiny_label = TINY_LABEL
+    title = "DeepDream"
+
+    def __init__(self, settings: Settings, ctx: RenderContext):
+        # Not the host's __init__: CLIP is loaded only when the dream is steered (classic DeepDream needs none).
+        self.settings = settings
+        self.device = torch.device(ctx.device)
+        self.weights_dir = Path(ctx.weights_dir)
+        self._clips = {}
+        self._models: dict[str, tuple[Classifier, dict]] = {}
+        self.prepare(settings)
+        if settings.clip_weight:
+            for spec in settings.clip_models:
+                self._clip(spec)
+
+    def _label(self, s: Settings) -> str:
+        if s.tiny:
+            return TINY_LABEL
+        steer = f", steered by {', '.join(s.clip_models)}" if s.clip_weight else ""
+        return f"DeepDream ({Path(s.model).stem}, {', '.join(s.layers)}{steer})"
+
+    def _model(self, spec: str) -> tuple[Classifier, dict]:
+        if spec not in self._models:
+            if spec == "tiny":
+                clf, ident = Classifier(random_classifier("googlenet"), "googlenet"), cs.ModelIdent("tiny")
+            else:
+                path = resolve_file(spec, self.weights_dir)
+                try:
+                    model, arch = load_classifier(path)
+                except CheckpointError as exc:
+                    raise GeneratorUnavailable(str(exc)) from exc
+                clf, ident = Classifier(model, arch), cs.ModelIdent(spec, path.name, file_sha256(path))
+            clf.model.to(self.device)
+            self._models[spec] = (clf, ident.as_dict())
+        return self._models[spec]
+
+    def prepare(self, s: Settings) -> None:
+        clf, _ = self._model(s.model)
         try:
-            for layer in settings["layers"]:
+            for layer in s.layers:
                 resolve_layer(clf.model, layer)
         except ValueError as exc:
             raise GeneratorUnavailable(f"generator {NAME!r}: setting 'layers': {exc}") from exc
-
-    def uses_clip(self, s: Mapping[str, Any]) -> bool:
-        return s["clip_weight"] > 0
-
-    def label_for(self, s: Mapping[str, Any]) -> str:
-        if s["model"] == "tiny":
-            return TINY_LABEL
-        steer = f", steered by {', '.join(s['clip_models'])}" if s["clip_weight"] else ""
-        return f"DeepDream ({Path(s['model']).stem}, {', '.join(s['layers'])}{steer})"
-
-    def load_model(self, spec: str) -> tuple[Classifier, dict]:
-        if spec == "tiny":
-            clf, ident = Classifier(random_classifier("googlenet"), "googlenet"), cs.ModelIdent("tiny")
-        else:
-            path = resolve_file(spec, self.weights_dir)
-            model, arch = load_classifier(path)
-            clf, ident = Classifier(model, arch), cs.ModelIdent(spec, path.name, file_sha256(path))
-        clf.model.to(self.device)
-        return clf, ident.as_dict()
 
     def estimate_bytes(self, clf: Classifier, layers, width: int, height: int, tile: int, clip_bytes: int) -> int:
         pw, ph = (min(width, tile), min(height, tile)) if tile else (width, height)
@@ -183,12 +217,13 @@ class DeepDreamGenerator(cs.SteeredGenerator):
         return int((4 * params + 2 * 4 * per_px * pw * ph + 16 * width * height + clip_bytes) * 1.25 + 256 * 2**20)
 
     def render(self, req: RenderRequest, ctx: RenderContext) -> RenderResult:
-        own = {k: v for k, v in self.settings.items() if k != "steps"}
-        s = parse_settings(cs.merged_params(own, req), strict=False)
+        s = self._effective(req)
+        s = dataclasses.replace(s, steps=s.total)  # the CLIP term's schedules run over every iteration
         device = torch.device(ctx.device)
-        clf, ident = self.model(s["model"])
+        self.prepare(s)
+        clf, ident = self._model(s.model)
         try:
-            taps = LayerTaps(clf.model, s["layers"])
+            taps = LayerTaps(clf.model, s.layers)
         except ValueError as exc:
             raise GeneratorUnavailable(f"generator {NAME!r}: setting 'layers': {exc}") from exc
         try:
@@ -196,31 +231,32 @@ class DeepDreamGenerator(cs.SteeredGenerator):
         finally:
             taps.close()
 
-    def _render(self, req: RenderRequest, ctx: RenderContext, s: dict, device: torch.device, clf: Classifier,
+    def _render(self, req: RenderRequest, ctx: RenderContext, s: Settings, device: torch.device, clf: Classifier,
                 ident: dict, taps: LayerTaps) -> RenderResult:
         width, height = req.width, req.height
-        steer = s["clip_weight"] > 0
-        prompts = cs.weighted_prompts(req, NAME, required=steer) if steer else []
-        clips = self.clips.many(s["clip_models"]) if steer else []
+        steer = s.clip_weight > 0
+        prompts = [(t, float(w)) for t, w in req.prompts if float(w) != 0.0] if steer else []
+        if steer and not prompts:
+            raise ValueError(f"job {req.job_id}: a CLIP-steered dream (clip_weight > 0) needs a prompt")
+        clips = [self._clip(spec) for spec in s.clip_models] if steer else []
         free = cs.available_bytes(device)
         if free is not None:
-            clip_bytes = cs.clip_step_bytes([c for c, _ in clips], s["cutouts"]) if steer else 0
-            cs.check_fits(lambda w, h: self.estimate_bytes(clf, s["layers"], w, h, s["tile_size"], clip_bytes),
+            clip_bytes = cs.clip_step_bytes([c for c, _ in clips], s.cutouts) if steer else 0
+            cs.check_fits(lambda w, h: self.estimate_bytes(clf, s.layers, w, h, s.tile_size, clip_bytes),
                           width, height, 8, free, "DeepDream")
-        amp_dtype = ctx.dtype if (s["amp"] and ctx.dtype in (torch.bfloat16, torch.float16)) else None
-        seed = s["seed"] if s["seed"] is not None else req.seed
+        amp_dtype = ctx.dtype if (s.amp and ctx.dtype in (torch.bfloat16, torch.float16)) else None
+        seed = s.seed if s.seed is not None else req.seed
         gen = torch.Generator().manual_seed(seed)
-        init_path = Path(s["init_image"]) if s["init_image"] else req.init_image
+        init_path = Path(s.init_image) if s.init_image else req.init_image
         if init_path is not None:
-            base = cs.load_init_image(init_path, width, height)
+            base = read_init_image(init_path, width, height, device)
         else:
-            base = (0.5 + s["noise"] * torch.randn(1, 3, height, width, generator=gen)).clamp(0, 1)
+            base = (0.5 + s.noise * torch.randn(1, 3, height, width, generator=gen)).clamp(0, 1)
         base = base.to(device)
-        sizes = octave_sizes(width, height, s["octaves"], s["octave_scale"])
+        sizes = octave_sizes(width, height, s.octaves, s.octave_scale)
         bases = [_resize(base, sz) for sz in sizes]
-        term = cs.clip_term([c for c, _ in clips], prompts, device, gen, s) if steer else None
-        fp = cs.fingerprint(generator=NAME, s=s, prompts=prompts, seed=seed, w=width, h=height,
-                            init=file_sha256(init_path) if init_path and init_path.is_file() else None)
+        terms = self.clip_terms(s, [c for c, _ in clips], prompts, gen, device, init_path is not None) if steer else []
+        fp = self.fingerprint(s, prompts, seed, width, height, init_path)
         work = Path(ctx.work_dir)
         work.mkdir(parents=True, exist_ok=True)
         state_path = work / STATE_FILE
@@ -230,48 +266,48 @@ class DeepDreamGenerator(cs.SteeredGenerator):
         if saved is not None:
             octave, it, img = saved["octave"], saved["iteration"], saved["image"].to(device)
             gen.set_state(saved["rng"])
-            resumed_from = octave * s["iterations"] + it
+            resumed_from = octave * s.iterations + it
             log.info("resuming DeepDream from octave %d iteration %d (%s)", octave, it, state_path)
-        total = s["octaves"] * s["iterations"]
+        total = s.octaves * s.iterations
         losses: dict[str, float] = {}
-        while octave < s["octaves"]:
-            while it < s["iterations"]:
-                done = octave * s["iterations"] + it
+        while octave < s.octaves:
+            while it < s.iterations:
+                done = octave * s.iterations + it
                 if ctx.should_stop():
                     self._save_state(state_path, fp, octave, it, img, gen)
                     raise RenderCancelled(f"stopped at iteration {done} of {total}; state saved to {state_path}")
-                jy, jx = (int(v) for v in torch.randint(-s["jitter"], s["jitter"] + 1, (2,), generator=gen))
+                jy, jx = (int(v) for v in torch.randint(-s.jitter, s.jitter + 1, (2,), generator=gen))
                 rolled = torch.roll(img, shifts=(jy, jx), dims=(-2, -1))
-                g, objective = dream_gradient(clf, taps, rolled, s["tile_size"], gen, amp_dtype)
+                g, objective = dream_gradient(clf, taps, rolled, s.tile_size, gen, amp_dtype)
                 g = g / g.abs().mean().clamp(min=1e-12)
                 losses = {"dream": objective}
-                if term is not None:
+                if terms:
                     x = rolled.detach().requires_grad_(True)
                     with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32,
                                         enabled=amp_dtype is not None):
-                        clip_loss = sum(v.float() for v in term(x, done).values())
+                        clip_loss = sum(v.float() for t in terms for v in t(x, done).values())
                     clip_loss.backward()
-                    g = g - s["clip_weight"] * x.grad / x.grad.abs().mean().clamp(min=1e-12)
+                    g = g - s.clip_weight * x.grad / x.grad.abs().mean().clamp(min=1e-12)
                     losses["prompts"] = float(clip_loss.detach())
-                rolled = rolled + s["step_size"] * g
+                rolled = rolled + s.step_size * g
                 img = torch.roll(rolled, shifts=(-jy, -jx), dims=(-2, -1)).clamp(0, 1).detach()
                 it += 1
                 done += 1
-                if s["progress_every"] and (done % s["progress_every"] == 0 or done == total):
+                if s.progress_every and (done % s.progress_every == 0 or done == total):
                     ctx.progress({"step": done, "total": total, "loss": -losses["dream"], "losses": losses,
                                   "image": to_pil(img)})
-                if s["checkpoint_every"] and done % s["checkpoint_every"] == 0 and done < total:
+                if s.checkpoint_every and done % s.checkpoint_every == 0 and done < total:
                     self._save_state(state_path, fp, octave, it, img, gen)
             octave += 1
             it = 0
-            if octave < s["octaves"]:
+            if octave < s.octaves:
                 detail = img - bases[octave - 1]
                 img = (bases[octave] + _resize(detail, sizes[octave])).clamp(0, 1)
         meta = {
-            "generator": NAME, "label": self.label_for(s), "seed": seed, "width": width, "height": height,
+            "generator": NAME, "label": self._label(s), "seed": seed, "width": width, "height": height,
             "prompt": "|".join(f"{t}:{w:g}" for t, w in prompts), "prompts": [list(p) for p in prompts],
             "models": {"classifier": {**ident, "arch": clf.arch}, "clip": [i for _, i in clips]},
-            "layers": list(taps.names), "params": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()},
+            "layers": list(taps.names), "params": jsonable(dataclasses.asdict(s)),
             "init_image": str(init_path) if init_path else None, "steps_done": total, "resumed_from": resumed_from,
             "losses": losses,
         }

@@ -9,45 +9,56 @@ the logits start from the dVAE encoder's reading of that picture.
 
 Settings: ``dvae`` (``"dall-e-dvae"`` from ``fetch-models``, a path to a ``decoder.pkl``
 with ``encoder.pkl`` optional beside it, or ``"tiny"``); ``tau`` (1.0); ``hard``
-(false); ``init_scale`` (1.0: std of the random starting logits); ``init_image``;
-``clip_models``, ``steps`` (300), ``lr`` (0.1), ``lr_schedule``, ``lr_min_frac``,
-``cutouts`` (32), ``cut_pow``, ``augment``, ``checkpoint_every``, ``progress_every``,
-``seed``, ``amp`` as for ``vqgan_clip``.
+(false); ``init_scale`` (1.0: std of the random starting logits); and every setting of the
+shared guidance host (:mod:`renderer.guidance.host`): ``clip_models``, ``steps`` (300), ``lr`` (0.1),
+``cutouts`` (32), ``panorama`` (default ``"none"``), ``symmetry``, ``timelapse``, ``init_image``,
+``checkpoint_every``, ``progress_every``, ``seed``, ``amp`` ...
 """
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from renderer import clip_steered as cs
-from renderer.base import GeneratorUnavailable, RenderContext, RenderRequest, RenderResult, register
+from renderer.base import GeneratorUnavailable, RenderContext, register
 from renderer.checkpoint_io import CheckpointError
 from renderer.dvae.model import (Decoder, Encoder, activation_bytes, load_decoder, load_encoder, map_pixels,
                                  random_decoder, random_encoder, tiny_decoder_config, tiny_encoder_config)
-from renderer.vqgan_clip.generator import file_sha256
-from renderer.vqgan_clip.optimise import to_pil
+from renderer.guidance.host import Canvas, GuidanceSettings, GuidedGenerator, file_sha256
+from renderer.vqgan_clip.clip_guidance import ClipModel
 
 log = logging.getLogger(__name__)
 
 NAME = "dvae_clip"
 TINY_LABEL = "dVAE+CLIP with tiny random-initialised models (noise demo, no trained weights)"
-DEFAULTS: dict[str, Any] = {**cs.COMMON_DEFAULTS, "lr": 0.1, "dvae": "dall-e-dvae", "tau": 1.0, "hard": False,
-                            "init_scale": 1.0, "init_image": None}
 
 
-def parse_settings(raw: Mapping[str, Any], strict: bool = True) -> dict[str, Any]:
-    r = cs.SettingsReader(NAME, raw, DEFAULTS, strict)
-    s = r.common()
-    init = r.get("init_image")
-    if init is not None and not (isinstance(init, str) and init):
-        raise cs.bad_setting(NAME, "init_image", init, "a path to a picture")
-    s.update(dvae=r.text("dvae", "a checkpoint name (dall-e-dvae), a path to a decoder.pkl, or 'tiny'"),
-             tau=r.number("tau"), hard=r.boolean("hard"), init_scale=r.number("init_scale"), init_image=init)
-    return s
+def _spec(v: Any) -> str:
+    if not (isinstance(v, str) and v):
+        raise ValueError("a checkpoint name (dall-e-dvae), a path to a decoder.pkl, or 'tiny'")
+    return v
+
+
+@dataclass(frozen=True)
+class Settings(GuidanceSettings):
+    panorama: str = "none"
+    dvae: str = field(default="dall-e-dvae", metadata={"check": _spec})
+    tau: float = 1.0
+    hard: bool = False
+    init_scale: float = 1.0
+
+    @property
+    def tiny(self) -> bool:
+        return self.dvae == "tiny" or "tiny" in self.clip_models
+
+
+def parse_settings(raw: Mapping[str, Any], strict: bool = True) -> Settings:
+    return DvaeClipGenerator.parse(raw, strict)
 
 
 def resolve_files(spec: str, weights_dir: Path) -> tuple[Path, Path | None]:
@@ -79,67 +90,73 @@ def estimate_bytes(dec: Decoder, width: int, height: int, clip_bytes: int, act_b
                + 256 * 2**20)
 
 
-class DvaeClipGenerator(cs.SteeredGenerator):
+class DvaeClipGenerator(GuidedGenerator):
+    """DALL-E dVAE token logits as the canvas of the shared guidance host."""
+
     name = NAME
-    title = "dVAE+CLIP"
-    model_key = "dvae"
+    settings_cls = Settings
     tiny_label = TINY_LABEL
+    title = "dVAE+CLIP"
 
-    def load_model(self, spec: str) -> tuple[Decoder, Encoder | None, dict]:
-        if spec == "tiny":
-            dec, enc = random_decoder(tiny_decoder_config()), random_encoder(tiny_encoder_config())
-            ident = cs.ModelIdent("tiny")
-        else:
-            dec_path, enc_path = resolve_files(spec, self.weights_dir)
-            dec = load_decoder(dec_path)
-            enc = load_encoder(enc_path) if enc_path else None
-            if enc is not None and enc.cfg.vocab_size != dec.cfg.vocab_size:
-                raise CheckpointError(f"{enc_path}: the encoder has {enc.cfg.vocab_size} tokens, the decoder "
-                                      f"{dec.cfg.vocab_size}")
-            ident = cs.ModelIdent(spec, dec_path.name, file_sha256(dec_path))
-        return dec.to(self.device), enc.to(self.device) if enc else None, ident.as_dict()
+    def __init__(self, settings: Settings, ctx: RenderContext):
+        self._models: dict[str, tuple[Decoder, Encoder | None, dict]] = {}
+        super().__init__(settings, ctx)
 
-    def render(self, req: RenderRequest, ctx: RenderContext) -> RenderResult:
-        s = parse_settings(cs.merged_params(self.settings, req), strict=False)
-        device = torch.device(ctx.device)
-        dec, enc, ident = self.model(s["dvae"])
-        clips = self.clips.many(s["clip_models"])
-        prompts = cs.weighted_prompts(req, NAME)
+    def _label(self, s: Settings) -> str:
+        if s.tiny:
+            return TINY_LABEL
+        return f"dVAE+CLIP ({Path(s.dvae).stem} guided by {', '.join(s.clip_models)})"
+
+    def _model(self, spec: str) -> tuple[Decoder, Encoder | None, dict]:
+        if spec not in self._models:
+            if spec == "tiny":
+                dec, enc = random_decoder(tiny_decoder_config()), random_encoder(tiny_encoder_config())
+                ident = cs.ModelIdent("tiny")
+            else:
+                dec_path, enc_path = resolve_files(spec, self.weights_dir)
+                try:
+                    dec = load_decoder(dec_path)
+                    enc = load_encoder(enc_path) if enc_path else None
+                except CheckpointError as exc:
+                    raise GeneratorUnavailable(str(exc)) from exc
+                if enc is not None and enc.cfg.vocab_size != dec.cfg.vocab_size:
+                    raise GeneratorUnavailable(f"{enc_path}: the encoder has {enc.cfg.vocab_size} tokens, the "
+                                               f"decoder {dec.cfg.vocab_size}")
+                ident = cs.ModelIdent(spec, dec_path.name, file_sha256(dec_path))
+            self._models[spec] = (dec.to(self.device), enc.to(self.device) if enc else None, ident.as_dict())
+        return self._models[spec]
+
+    def prepare(self, s: Settings) -> None:
+        self._model(s.dvae)
+
+    def model_ids(self, s: Settings) -> dict[str, Any]:
+        return {"dvae": self._model(s.dvae)[2]}
+
+    def canvas_size(self, s: Settings, width: int, height: int) -> tuple[int, int]:
         f = Decoder.factor
-        width, height = max(f, req.width // f * f), max(f, req.height // f * f)
-        free = cs.available_bytes(device)
-        act = 2 if (s["amp"] and ctx.dtype in (torch.bfloat16, torch.float16)) else 4
-        clip_bytes = cs.clip_step_bytes([c for c, _ in clips], s["cutouts"], act)
-        cs.check_fits(lambda w, h: estimate_bytes(dec, w, h, clip_bytes, act), width, height, f, free, "dVAE+CLIP")
-        seed = s["seed"] if s["seed"] is not None else req.seed
-        gen = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        init_path = Path(s["init_image"]) if s["init_image"] else req.init_image
-        if init_path is not None:
+        return max(f, width // f * f), max(f, height // f * f)
+
+    def check_memory(self, s: Settings, clips: Sequence[ClipModel], width: int, height: int,
+                     ctx: RenderContext) -> None:
+        dec = self._model(s.dvae)[0]
+        act = 2 if (s.amp and ctx.dtype in (torch.bfloat16, torch.float16)) else 4
+        clip_bytes = cs.clip_step_bytes(clips, s.cutouts, act)
+        cs.check_fits(lambda w, h: estimate_bytes(dec, w, h, clip_bytes, act), width, height, Decoder.factor,
+                      cs.available_bytes(self.device), "dVAE+CLIP")
+
+    def make_canvas(self, s: Settings, width: int, height: int, gen: torch.Generator, device: torch.device,
+                    init: torch.Tensor | None, init_path: Path | None) -> Canvas:
+        dec, enc, _ = self._model(s.dvae)
+        f = Decoder.factor
+        if init is not None:
             if enc is None:
-                raise GeneratorUnavailable(f"an init image needs the dVAE encoder beside {s['dvae']} (encoder.pkl)")
+                raise GeneratorUnavailable(f"an init image needs the dVAE encoder beside {s.dvae} (encoder.pkl)")
             with torch.no_grad():
-                logits0 = enc(map_pixels(cs.load_init_image(init_path, width, height).to(device))).float()
+                logits0 = enc(map_pixels(init)).float()
         else:
-            logits0 = torch.randn(1, dec.cfg.vocab_size, height // f, width // f, generator=gen) * s["init_scale"]
+            logits0 = torch.randn(1, dec.cfg.vocab_size, height // f, width // f, generator=gen) * s.init_scale
         logits = logits0.to(device).requires_grad_(True)
-
-        def generate(p: torch.Tensor) -> torch.Tensor:
-            return dec.pixels(gumbel_softmax(p, s["tau"], s["hard"], gen))
-
-        term = cs.clip_term([c for c, _ in clips], prompts, device, gen, s)
-        fp = cs.fingerprint(generator=NAME, s=s, prompts=prompts, seed=seed, w=width, h=height,
-                            init=file_sha256(init_path) if init_path and init_path.is_file() else None)
-        res = cs.run_loop(logits, generate, [term], s, ctx, [gen], fp)
-        meta = {
-            "generator": NAME, "label": self.label_for(s), "seed": seed, "width": width, "height": height,
-            "prompt": "|".join(f"{t}:{w:g}" for t, w in prompts), "prompts": [list(p) for p in prompts],
-            "models": {"dvae": ident, "clip": [i for _, i in clips]},
-            "params": {k: list(v) if isinstance(v, tuple) else v for k, v in s.items()},
-            "init_image": str(init_path) if init_path else None, "steps_done": res.steps_done,
-            "resumed_from": res.resumed_from, "losses": res.losses, "seconds": round(res.seconds, 2),
-        }
-        return RenderResult(image=to_pil(res.image), meta=meta)
+        return Canvas(params=logits, image=lambda p: dec.pixels(gumbel_softmax(p, s.tau, s.hard, gen)))
 
 
 @register(NAME)
