@@ -19,6 +19,7 @@ BUILTIN = (
     "renderer.biggan.generator",
     "renderer.dvae.generator",
     "renderer.deepdream.generator",
+    "renderer.diffusion.generator",
 )
 
 _loaded = False
