@@ -1,4 +1,5 @@
-"""Steps per second at 256 px: Big Sleep, dVAE+CLIP and DeepDream against the classic notebook loops.
+"""Steps per second at 256 px: Big Sleep, dVAE+CLIP, DeepDream and CLIP-guided diffusion against the classic
+notebook loops.
 
 For each generator, in the same process, on the same random-initialised models, canvas,
 prompt and cutout count:
@@ -10,7 +11,9 @@ prompt and cutout count:
   ``weight_orig / sigma`` through ``torch.nn.utils.spectral_norm`` on every forward (as the
   pytorch-pretrained-biggan module does) and a per-cutout Python loop; dVAE+CLIP:
   ``F.gumbel_softmax`` and the per-cutout loop; DeepDream: the 2015 notebook's ``make_step``
-  with the picture kept in NumPy (``np.roll`` jitter, a tensor round trip per step).
+  with the picture kept in NumPy (``np.roll`` jitter, a tensor round trip per step); CLIP-guided
+  diffusion: the notebook's ``cond_fn`` with its own UNet call, then ``p_sample`` calling the UNet
+  again (ours: one call serves both), per-cutout loop.
 
 The full-size models (BigGAN-deep-256, DALL-E's dVAE decoder, ViT-B/32) take many seconds per
 step on a small CPU, so by default the BigGAN, the dVAE and CLIP are reduced in width (same
@@ -229,13 +232,60 @@ def bench_deepdream(device: torch.device, steps: int, rounds: int) -> tuple[floa
     return ours, classic, "GoogLeNet (torchvision, full size)"
 
 
+# --------------------------------------------------------------------------- CLIP-guided diffusion
+
+
+def bench_diffusion(full: bool, clip: ClipModel, device: torch.device, steps: int,
+                    rounds: int) -> tuple[float, float, str]:
+    from renderer.diffusion.generator import ClipDiffusionGenerator, parse_settings as df_settings
+    from renderer.diffusion.sampling import Diffusion, kept_timesteps, range_loss, tv_loss
+    from renderer.diffusion.unet import CONFIGS, UNetConfig, random_unet
+
+    cfg = CONFIGS[256] if full else UNetConfig(image_size=256, num_channels=64, channel_mult=(1, 1, 2, 2, 4, 4))
+    unet = random_unet(cfg).to(device)
+    settings = df_settings({"model": "bench", "clip_models": ["bench"], "steps": 1000, "sampler": "ddpm",
+                            "cutouts": CUTOUTS, "progress_every": 1, "checkpoint_every": 0, "amp": False,
+                            "augment": False})
+    gen = ClipDiffusionGenerator.__new__(ClipDiffusionGenerator)
+    gen.settings, gen.device, gen.weights_dir = settings, device, Path(".")
+    gen._models = {("bench", 0): (unet, {"name": "bench", "weights": "random-init"})}
+    gen._clips = {"bench": (clip, {"name": "bench"})}
+    ours = lambda: timed_render(gen, {"steps": 1000, "skip_timesteps": 1000 - steps - 1}, device, steps)  # noqa: E731
+
+    # classic: the notebook's cond_fn (its own model call) and then p_sample (a second model call)
+    d = Diffusion(kept_timesteps(1000, 1000, "ddpm"))
+    g = torch.Generator().manual_seed(1)
+    target = clip.encode_text([PROMPT], device)
+    x = torch.randn(1, 3, SIZE, SIZE, device=device)
+    i = [steps + 5]
+
+    def step() -> None:
+        nonlocal x
+        k = i[0]
+        xg = x.detach().requires_grad_(True)
+        out = d.p_mean_variance(unet, xg, k, clip_denoised=False)
+        fac = (1 - d.ac[k]) ** 0.5
+        x_in = out.pred_xstart * fac + xg * (1 - fac)
+        loss = classic_clip_loss(clip, x_in.add(1).div(2), target, g) * 1000 \
+            + tv_loss(x_in).sum() * 150 + range_loss(out.pred_xstart).sum() * 50
+        grad = -torch.autograd.grad(loss, xg)[0]
+        with torch.no_grad():
+            out = d.p_mean_variance(unet, x, k)
+            x = d.ddpm_step(out, x, k, torch.randn(x.shape, generator=g).to(device), grad)
+        i[0] = max(1, k - 1)
+
+    ours, classic = alternate(ours, lambda: step_times(step, steps), rounds)
+    note = "guided-diffusion 256 UNet" if full else "guided-diffusion 256 layout, 64 channels (quick mode)"
+    return ours, classic, note
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="real model sizes (slow on a CPU)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per round")
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds of ours / classic")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--only", choices=("big_sleep", "dvae_clip", "deepdream"), action="append")
+    ap.add_argument("--only", choices=("big_sleep", "dvae_clip", "deepdream", "clip_diffusion"), action="append")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(max(1, (os.cpu_count() or 2)))
@@ -244,13 +294,15 @@ def main() -> None:
           f"{args.steps} steps each, alternating, {device}, {mode}")
     print(f"CLIP: {'ViT-B-32' if args.full else 'ViT-B-32 layout, width 256, 4 layers'}; {load()}")
     clip = None
-    for name in args.only or ("big_sleep", "dvae_clip", "deepdream"):
+    for name in args.only or ("big_sleep", "dvae_clip", "deepdream", "clip_diffusion"):
         if name != "deepdream" and clip is None:
             clip = build_clip(args.full, device)
         if name == "big_sleep":
             ours, classic, note = bench_big_sleep(args.full, clip, device, args.steps, args.rounds)
         elif name == "dvae_clip":
             ours, classic, note = bench_dvae(args.full, clip, device, args.steps, args.rounds)
+        elif name == "clip_diffusion":
+            ours, classic, note = bench_diffusion(args.full, clip, device, args.steps, args.rounds)
         else:
             ours, classic, note = bench_deepdream(device, args.steps, args.rounds)
         print(f"{name:10s} ours {ours:6.3f} steps/s   classic loop {classic:6.3f} steps/s   "

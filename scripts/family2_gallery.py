@@ -1,7 +1,8 @@
-"""Make docs/screens/family2-tiny-gallery.png: Big Sleep, dVAE+CLIP and DeepDream on random-initialised models.
+"""Make docs/screens/family2-tiny-gallery.png: Big Sleep, dVAE+CLIP, DeepDream and CLIP-guided diffusion on
+random-initialised models.
 
 Each panel is the generator itself, run through its tiny exhibit's settings (tiny random BigGAN-deep /
-dVAE / CLIP; an untrained GoogLeNet): what the pipelines do, not what trained weights look like.
+dVAE / guided-diffusion UNet / CLIP; an untrained GoogLeNet): what the pipelines do, not what trained weights look like.
 Run: .venv/bin/python scripts/family2_gallery.py
 """
 import logging
@@ -29,8 +30,10 @@ PANELS = [  # exhibit file, prompt, canvas, overrides, caption
     ("deepdream_tiny.toml", "dogs in the clouds", (192, 128),
      {"octaves": 3, "iterations": 8, "step_size": 0.02, "tile_size": 128, "noise": 0.02},
      "deepdream: untrained GoogLeNet (mixed4c), octaves, tiny random CLIP pull"),
+    ("clip_diffusion_tiny.toml", "a lighthouse in a storm", (64, 64), {"steps": 25},
+     "clip_diffusion: tiny random guided-diffusion UNet, DDIM, tiny random CLIP"),
 ]
-CELL = 288
+CELL = 240
 pad, top = 12, 60
 sheet = Image.new("RGB", (pad + len(PANELS) * (CELL + pad), top + CELL + 86), (20, 20, 20))
 d = ImageDraw.Draw(sheet)
@@ -60,5 +63,6 @@ with tempfile.TemporaryDirectory() as tmp:
         for k, line in enumerate(textwrap.wrap(caption, 44)):
             d.text((x, top + CELL + 26 + 16 * k), line, fill=(150, 150, 150), font=fs)
 out = write_png(ROOT / "docs/screens/family2-tiny-gallery.png", sheet,
-                {"title": "Big Sleep, dVAE+CLIP, DeepDream on random-initialised tiny models, no trained weights"})
+                {"title": "Big Sleep, dVAE+CLIP, DeepDream, CLIP-guided diffusion on random-initialised tiny models, "
+                          "no trained weights"})
 print(out, sheet.size)

@@ -1,8 +1,9 @@
-"""Big Sleep, dVAE+CLIP and DeepDream end to end: their tiny exhibits through a real worker and a real store.
+"""Big Sleep, dVAE+CLIP, DeepDream and CLIP-guided diffusion end to end: their tiny exhibits through a real
+worker and a real store.
 
 Jobs come from each exhibit's own playlist prompts; the worker renders them with
 live frames, writes the pieces (PNG + metadata) and labels them as random tiny
-models.  One worker hosts all three generators at once.
+models.  One worker hosts all four generators at once.
 """
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from exhibits.playlist import Playlist
 from exhibits.show import ShowConfig
 from exhibits.store import Store
 
-EXHIBITS = ("big-sleep-tiny", "dvae-clip-tiny", "deepdream-tiny")
+EXHIBITS = ("big-sleep-tiny", "dvae-clip-tiny", "deepdream-tiny", "clip-diffusion-tiny")
 QUICK = {"big-sleep-tiny": {"steps": 4, "progress_every": 1},
          "dvae-clip-tiny": {"steps": 3, "progress_every": 1},
-         "deepdream-tiny": {"octaves": 2, "iterations": 2, "progress_every": 1}}
+         "deepdream-tiny": {"octaves": 2, "iterations": 2, "progress_every": 1},
+         "clip-diffusion-tiny": {"steps": 3, "progress_every": 1}}
 LABELS = {"big-sleep-tiny": ("big_sleep", "tiny random-initialised"),
           "dvae-clip-tiny": ("dvae_clip", "tiny random-initialised"),
-          "deepdream-tiny": ("deepdream", "random-initialised GoogLeNet")}
+          "deepdream-tiny": ("deepdream", "random-initialised GoogLeNet"),
+          "clip-diffusion-tiny": ("clip_diffusion", "tiny random-initialised")}
 
 
 def test_each_generator_makes_pieces_through_the_worker(tmp_path):
