@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
+from exhibits.files import atomic_path
 from renderer.base import GeneratorUnavailable
+from renderer.checkpoint_io import CheckpointError
 from renderer.vqgan_clip import memory
 from renderer.vqgan_clip.clip_guidance import ClipModel
 
@@ -107,3 +109,44 @@ class ModelIdent:
         if not self.file:
             return {"name": self.name, "weights": "random-init"}
         return {"name": self.name, "file": self.file, "sha256": self.sha256}
+
+
+
+def model_spec(allowed: str) -> Callable[[Any], str]:
+    """A settings ``check`` for the setting that names a model (registry name, file path or ``tiny``)."""
+    def check(v: Any) -> str:
+        if not (isinstance(v, str) and v):
+            raise ValueError(allowed)
+        return v
+    return check
+
+
+def checked_load(load: Callable[..., Any], *args: Any) -> Any:
+    """``load(*args)``; a refused or damaged checkpoint becomes :class:`GeneratorUnavailable` naming the file, so
+    the worker marks the exhibit unavailable with the reason and keeps the others running."""
+    try:
+        return load(*args)
+    except CheckpointError as exc:
+        raise GeneratorUnavailable(str(exc)) from exc
+
+
+def save_run_state(path: Path, fingerprint: str, gen: torch.Generator, **state: Any) -> None:
+    """A sampler's or dream's own resumable state (tensors, ints) with its random generator, written atomically."""
+    with atomic_path(path) as tmp:
+        torch.save({"fingerprint": fingerprint, "rng": gen.get_state(),
+                    **{k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}}, tmp)
+
+
+def load_run_state(path: Path, fingerprint: str) -> dict | None:
+    """The state :func:`save_run_state` wrote for these settings, or None (absent, unreadable, other settings)."""
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        log.warning("ignoring unreadable run state %s: %s", path, exc)
+        return None
+    if not isinstance(state, dict) or state.get("fingerprint") != fingerprint:
+        log.warning("ignoring run state %s: it belongs to different settings", path)
+        return None
+    return state

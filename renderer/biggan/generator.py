@@ -37,7 +37,6 @@ import torch
 from renderer import clip_steered as cs
 from renderer.base import GeneratorUnavailable, RenderContext, RenderRequest, RenderResult, register
 from renderer.biggan.model import OFFICIAL, BigGAN, activation_bytes, load_biggan, param_count, random_biggan, tiny_config
-from renderer.checkpoint_io import CheckpointError
 from renderer.guidance.host import Canvas, GuidanceSettings, GuidedGenerator, file_sha256
 from renderer.vqgan_clip.clip_guidance import ClipModel
 
@@ -47,10 +46,7 @@ NAME = "big_sleep"
 TINY_LABEL = "Big Sleep with tiny random-initialised models (noise demo, no trained weights)"
 
 
-def _spec(v: Any) -> str:
-    if not (isinstance(v, str) and v):
-        raise ValueError("a checkpoint name (biggan-deep-128/256/512), a path to a .bin, or 'tiny'")
-    return v
+_spec = cs.model_spec("a checkpoint name (biggan-deep-128/256/512), a path to a .bin, or 'tiny'")
 
 
 def _optional_count(v: Any) -> int | None:
@@ -164,10 +160,7 @@ class BigSleepGenerator(GuidedGenerator):
                 model, ident = random_biggan(tiny_config()), cs.ModelIdent("tiny")
             else:
                 bin_path, json_path = resolve_files(spec, self.weights_dir)
-                try:
-                    model = load_biggan(bin_path, json_path)
-                except CheckpointError as exc:
-                    raise GeneratorUnavailable(str(exc)) from exc
+                model = cs.checked_load(load_biggan, bin_path, json_path)
                 ident = cs.ModelIdent(spec, bin_path.name, file_sha256(bin_path))
             self._models[spec] = (model.to(self.device), ident.as_dict())
         return self._models[spec]

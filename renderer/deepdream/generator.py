@@ -32,10 +32,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
-from exhibits.files import atomic_path
 from renderer import clip_steered as cs
 from renderer.base import GeneratorUnavailable, RenderCancelled, RenderContext, RenderRequest, RenderResult, register
-from renderer.checkpoint_io import CheckpointError
 from renderer.deepdream.model import (Classifier, LayerTaps, activation_elems_per_pixel, load_classifier,
                                       random_classifier, resolve_layer)
 from renderer.guidance.host import GuidanceSettings, GuidedGenerator, file_sha256, jsonable, read_init_image
@@ -48,10 +46,7 @@ STATE_FILE = "deepdream_state.pt"
 TINY_LABEL = "DeepDream on a random-initialised GoogLeNet (patterns of an untrained network, no trained weights)"
 
 
-def _spec(v: Any) -> str:
-    if not (isinstance(v, str) and v):
-        raise ValueError("a checkpoint name (googlenet-imagenet, inception-v3-imagenet), a .pth path, or 'tiny'")
-    return v
+_spec = cs.model_spec("a checkpoint name (googlenet-imagenet, inception-v3-imagenet), a .pth path, or 'tiny'")
 
 
 def _layers(v: Any) -> tuple[str, ...]:
@@ -193,10 +188,7 @@ class DeepDreamGenerator(GuidedGenerator):
                 clf, ident = Classifier(random_classifier("googlenet"), "googlenet"), cs.ModelIdent("tiny")
             else:
                 path = resolve_file(spec, self.weights_dir)
-                try:
-                    model, arch = load_classifier(path)
-                except CheckpointError as exc:
-                    raise GeneratorUnavailable(str(exc)) from exc
+                model, arch = cs.checked_load(load_classifier, path)
                 clf, ident = Classifier(model, arch), cs.ModelIdent(spec, path.name, file_sha256(path))
             clf.model.to(self.device)
             self._models[spec] = (clf, ident.as_dict())
@@ -262,7 +254,7 @@ class DeepDreamGenerator(GuidedGenerator):
         state_path = work / STATE_FILE
         octave, it, img = 0, 0, bases[0].clone()
         resumed_from = 0
-        saved = self._load_state(state_path, fp)
+        saved = cs.load_run_state(state_path, fp)
         if saved is not None:
             octave, it, img = saved["octave"], saved["iteration"], saved["image"].to(device)
             gen.set_state(saved["rng"])
@@ -274,7 +266,7 @@ class DeepDreamGenerator(GuidedGenerator):
             while it < s.iterations:
                 done = octave * s.iterations + it
                 if ctx.should_stop():
-                    self._save_state(state_path, fp, octave, it, img, gen)
+                    cs.save_run_state(state_path, fp, gen, octave=octave, iteration=it, image=img)
                     raise RenderCancelled(f"stopped at iteration {done} of {total}; state saved to {state_path}")
                 jy, jx = (int(v) for v in torch.randint(-s.jitter, s.jitter + 1, (2,), generator=gen))
                 rolled = torch.roll(img, shifts=(jy, jx), dims=(-2, -1))
@@ -297,7 +289,7 @@ class DeepDreamGenerator(GuidedGenerator):
                     ctx.progress({"step": done, "total": total, "loss": -losses["dream"], "losses": losses,
                                   "image": to_pil(img)})
                 if s.checkpoint_every and done % s.checkpoint_every == 0 and done < total:
-                    self._save_state(state_path, fp, octave, it, img, gen)
+                    cs.save_run_state(state_path, fp, gen, octave=octave, iteration=it, image=img)
             octave += 1
             it = 0
             if octave < s.octaves:
@@ -312,26 +304,6 @@ class DeepDreamGenerator(GuidedGenerator):
             "losses": losses,
         }
         return RenderResult(image=to_pil(img), meta=meta)
-
-    @staticmethod
-    def _save_state(path: Path, fp: str, octave: int, it: int, img: torch.Tensor, gen: torch.Generator) -> None:
-        with atomic_path(path) as tmp:
-            torch.save({"fingerprint": fp, "octave": octave, "iteration": it, "image": img.detach().cpu(),
-                        "rng": gen.get_state()}, tmp)
-
-    @staticmethod
-    def _load_state(path: Path, fp: str) -> dict | None:
-        if not path.is_file():
-            return None
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, OSError, EOFError, ValueError) as exc:
-            log.warning("ignoring unreadable DeepDream state %s: %s", path, exc)
-            return None
-        if not isinstance(state, dict) or state.get("fingerprint") != fp:
-            log.warning("ignoring DeepDream state %s: it belongs to different settings", path)
-            return None
-        return state
 
 
 @register(NAME)

@@ -29,10 +29,8 @@ from typing import Any, Mapping
 
 import torch
 
-from exhibits.files import atomic_path
 from renderer import clip_steered as cs
 from renderer.base import GeneratorUnavailable, RenderCancelled, RenderContext, RenderRequest, RenderResult, register
-from renderer.checkpoint_io import CheckpointError
 from renderer.diffusion.sampling import SAMPLERS, Diffusion, kept_timesteps, range_loss, tv_loss
 from renderer.diffusion.unet import CONFIGS, UNet, activation_bytes, load_unet, random_unet, tiny_config
 from renderer.guidance.host import GuidanceSettings, GuidedGenerator, file_sha256, jsonable, read_init_image
@@ -47,10 +45,7 @@ TINY_LABEL = "CLIP-guided diffusion with tiny random-initialised models (noise d
 _SIZES = {"guided-diffusion-256": 256, "guided-diffusion-512": 512}
 
 
-def _spec(v: Any) -> str:
-    if not (isinstance(v, str) and v):
-        raise ValueError("a checkpoint name (guided-diffusion-256/512), a path to a .pt, or 'tiny'")
-    return v
+_spec = cs.model_spec("a checkpoint name (guided-diffusion-256/512), a path to a .pt, or 'tiny'")
 
 
 def _image_size(v: Any) -> int:
@@ -139,10 +134,7 @@ class ClipDiffusionGenerator(GuidedGenerator):
                 unet, ident = random_unet(tiny_config()), cs.ModelIdent("tiny")
             else:
                 path, size = resolve_file(s.model, s.image_size, self.weights_dir)
-                try:
-                    unet = load_unet(path, CONFIGS[size])
-                except CheckpointError as exc:
-                    raise GeneratorUnavailable(str(exc)) from exc
+                unet = cs.checked_load(load_unet, path, CONFIGS[size])
                 ident = cs.ModelIdent(s.model, path.name, file_sha256(path))
             self._models[key] = (unet.to(self.device), ident.as_dict())
         return self._models[key]
@@ -186,7 +178,7 @@ class ClipDiffusionGenerator(GuidedGenerator):
         work.mkdir(parents=True, exist_ok=True)
         state_path = work / STATE_FILE
         done, resumed_from = 0, 0
-        saved = _load_state(state_path, fp)
+        saved = cs.load_run_state(state_path, fp)
         if saved is not None:
             done, x = saved["done"], saved["x"].to(device)
             gen.set_state(saved["rng"])
@@ -197,7 +189,7 @@ class ClipDiffusionGenerator(GuidedGenerator):
         pred = x
         while done < total:
             if ctx.should_stop():
-                _save_state(state_path, fp, done, x, gen)
+                cs.save_run_state(state_path, fp, gen, done=done, x=x)
                 raise RenderCancelled(f"stopped at step {done} of {total}; state saved to {state_path}")
             i = indices[done]
             xg = x.detach().requires_grad_(True)
@@ -226,7 +218,7 @@ class ClipDiffusionGenerator(GuidedGenerator):
                 ctx.progress({"step": done, "total": total, "loss": losses["guidance"], "losses": losses,
                               "image": to_pil((pred + 1) / 2)})
             if s.checkpoint_every and done % s.checkpoint_every == 0 and done < total:
-                _save_state(state_path, fp, done, x, gen)
+                cs.save_run_state(state_path, fp, gen, done=done, x=x)
         meta = {
             "generator": NAME, "label": self._label(s), "seed": seed, "width": width, "height": height,
             "prompt": "|".join(f"{t}:{w:g}" for t, w in prompts), "prompts": [list(p) for p in prompts],
@@ -235,25 +227,6 @@ class ClipDiffusionGenerator(GuidedGenerator):
             "losses": losses,
         }
         return RenderResult(image=to_pil((x.clamp(-1, 1) + 1) / 2), meta=meta)
-
-
-def _save_state(path: Path, fp: str, done: int, x: torch.Tensor, gen: torch.Generator) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"fingerprint": fp, "done": done, "x": x.detach().cpu(), "rng": gen.get_state()}, tmp)
-
-
-def _load_state(path: Path, fp: str) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        log.warning("ignoring unreadable diffusion state %s: %s", path, exc)
-        return None
-    if not isinstance(state, dict) or state.get("fingerprint") != fp:
-        log.warning("ignoring diffusion state %s: it belongs to different settings", path)
-        return None
-    return state
 
 
 @register(NAME)

@@ -26,7 +26,6 @@ import torch.nn.functional as F
 
 from renderer import clip_steered as cs
 from renderer.base import GeneratorUnavailable, RenderContext, register
-from renderer.checkpoint_io import CheckpointError
 from renderer.dvae.model import (Decoder, Encoder, activation_bytes, load_decoder, load_encoder, map_pixels,
                                  random_decoder, random_encoder, tiny_decoder_config, tiny_encoder_config)
 from renderer.guidance.host import Canvas, GuidanceSettings, GuidedGenerator, file_sha256
@@ -38,10 +37,7 @@ NAME = "dvae_clip"
 TINY_LABEL = "dVAE+CLIP with tiny random-initialised models (noise demo, no trained weights)"
 
 
-def _spec(v: Any) -> str:
-    if not (isinstance(v, str) and v):
-        raise ValueError("a checkpoint name (dall-e-dvae), a path to a decoder.pkl, or 'tiny'")
-    return v
+_spec = cs.model_spec("a checkpoint name (dall-e-dvae), a path to a decoder.pkl, or 'tiny'")
 
 
 @dataclass(frozen=True)
@@ -114,11 +110,8 @@ class DvaeClipGenerator(GuidedGenerator):
                 ident = cs.ModelIdent("tiny")
             else:
                 dec_path, enc_path = resolve_files(spec, self.weights_dir)
-                try:
-                    dec = load_decoder(dec_path)
-                    enc = load_encoder(enc_path) if enc_path else None
-                except CheckpointError as exc:
-                    raise GeneratorUnavailable(str(exc)) from exc
+                dec = cs.checked_load(load_decoder, dec_path)
+                enc = cs.checked_load(load_encoder, enc_path) if enc_path else None
                 if enc is not None and enc.cfg.vocab_size != dec.cfg.vocab_size:
                     raise GeneratorUnavailable(f"{enc_path}: the encoder has {enc.cfg.vocab_size} tokens, the "
                                                f"decoder {dec.cfg.vocab_size}")
