@@ -16,11 +16,14 @@ workers never take the same job.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import io
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import sqlite3
@@ -132,7 +135,17 @@ CREATE INDEX IF NOT EXISTS exports_pending ON exports(status, requested_at);
 # (A new table goes into _SCHEMA with CREATE TABLE IF NOT EXISTS.)
 _ADDED_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("jobs", "held_reason", "TEXT"),  # why moderation held a visitor's prompt (for the staff)
+    # workers that died (lease ran out) while holding the job; not render failures (those are ``attempts``)
+    ("jobs", "deaths", "INTEGER NOT NULL DEFAULT 0"),
 )
+
+# A job whose worker died this many times is held for staff instead of being queued again: it is
+# probably what kills the worker (out of memory, a hung step the watchdog restarts).
+MAX_WORKER_DEATHS = 3
+ARCHIVE_ID_FILE = "ARCHIVE"  # beside the SQLite file: the archive's identity, kept in both places
+BACKUP_DIR = "backups"
+HELD_FOR_STAFF = ("This prompt stopped the machine several times, so it is waiting for the gallery staff "
+                  "to look at it.")
 
 
 def _add_missing_columns(c: sqlite3.Connection, added: Sequence[tuple[str, str, str]]) -> None:
@@ -144,13 +157,87 @@ def _add_missing_columns(c: sqlite3.Connection, added: Sequence[tuple[str, str, 
             c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
 
+_JOB_FILE = re.compile(r"job(\d+)-")
+
+
 def _marks(values: Sequence[Any]) -> str:
     """``?,?,?``: one SQL placeholder per value of an IN (...) list."""
     return ",".join("?" * len(values))
 
 
 class StoreError(RuntimeError):
-    pass
+    """Anything the store refuses or cannot do; the message is meant for people."""
+
+
+class StoreFault(StoreError):
+    """The store cannot be read or written right now (the web app answers 503, /healthz is not ok)."""
+
+
+class StoreUnavailableError(StoreFault):
+    """A passing fault: the database is locked or the disk is full. Wait and try again."""
+
+    def __init__(self, message: str, *, disk_full: bool = False):
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
+class StoreDamagedError(StoreFault):
+    """SQLite says the file is damaged ("not a database", "malformed", integrity_check's findings)."""
+
+
+class ArchiveIdentityError(StoreFault):
+    """The store file is missing, emptied or belongs to another archive while this archive's pieces are here."""
+
+
+_TRANSIENT = ("database is locked", "database table is locked", "database or disk is full", "disk i/o error",
+              "unable to open database file")
+_DAMAGED = ("malformed", "not a database", "file is encrypted", "database corrupt")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for ENOSPC/EDQUOT from a file write and for SQLite's "database or disk is full"."""
+    if isinstance(exc, StoreUnavailableError):
+        return exc.disk_full
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, sqlite3.Error) and "full" in str(exc).lower()
+
+
+def classify_fault(exc: BaseException, db_path: Path) -> StoreError | None:
+    """The store error a raw SQLite/OS error amounts to, naming the file; None if it is not a store fault."""
+    if isinstance(exc, StoreError):
+        return exc
+    text = str(exc).lower()
+    if isinstance(exc, sqlite3.Error) and any(t in text for t in _DAMAGED):
+        return StoreDamagedError(f"{db_path}: the archive's database is damaged ({exc}). {_restore_hint(db_path)}")
+    if is_disk_full(exc):
+        return StoreUnavailableError(f"{db_path}: the disk is full ({exc}); work resumes when space is freed",
+                                     disk_full=True)
+    if isinstance(exc, sqlite3.OperationalError) and any(t in text for t in _TRANSIENT):
+        return StoreUnavailableError(f"{db_path}: {exc}; retrying")
+    if isinstance(exc, sqlite3.DatabaseError):
+        return StoreDamagedError(f"{db_path}: the archive's database cannot be read ({exc}). {_restore_hint(db_path)}")
+    return None
+
+
+def _restore_hint(db_path: Path) -> str:
+    root = db_path.parent
+    return (f"Fix: stop the kiosk (systemctl stop kiosk.target), then restore the newest backup with "
+            f"`python -m kiosk restore --data {root}` (backups are in {root / BACKUP_DIR}); "
+            f"`python -m kiosk doctor --data {root}` shows what is wrong.")
+
+
+def integrity_words(db_path: Path, *, quick: bool = False) -> list[str]:
+    """PRAGMA integrity_check's findings for ``db_path`` (["ok"] when healthy), or SQLite's refusal."""
+    try:
+        c = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=10)
+        try:
+            rows = c.execute("PRAGMA quick_check" if quick else "PRAGMA integrity_check").fetchall()
+        finally:
+            c.close()
+    except sqlite3.Error as exc:
+        return [str(exc)]
+    return [str(r[0]) for r in rows]
 
 
 @dataclass(frozen=True)
@@ -177,6 +264,7 @@ class Job:
     frame_at: float | None
     piece_id: int | None
     error: str | None
+    deaths: int = 0
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "Job":
@@ -189,14 +277,28 @@ class Job:
             worker=row["worker"], lease_until=row["lease_until"], attempts=row["attempts"],
             step=row["step"], total=row["total"], frame_path=row["frame_path"], frame_at=row["frame_at"],
             piece_id=row["piece_id"], error=row["error"],
+            deaths=row["deaths"] if "deaths" in row.keys() else 0,
         )
+
+    @property
+    def held_for_staff(self) -> bool:
+        """Held because it kept stopping the renderer (not waiting for moderation)."""
+        return self.status == "held" and self.deaths >= MAX_WORKER_DEATHS
+
+    def public_error(self) -> str | None:
+        """What went wrong, in plain words for a visitor: never a host name, a pid or a traceback."""
+        if self.status == "failed":
+            return "the machine could not make this piece; the gallery staff can try it again"
+        if self.held_for_staff:
+            return HELD_FOR_STAFF
+        return None
 
     def public(self) -> dict:
         """What a phone may see about its own job."""
         return {
             "id": self.id, "status": self.status, "exhibit": self.exhibit, "prompt": self.prompt_text,
             "step": self.step, "total": self.total, "piece_id": self.piece_id,
-            "error": self.error if self.status == "failed" else None,
+            "error": self.public_error(),
         }
 
 
@@ -268,14 +370,83 @@ class Store:
         self.pieces_dir = self.root / "pieces"
         self.progress_dir = self.root / "progress"
         self.work_dir = self.root / "work"
+        self.id_path = self.root / ARCHIVE_ID_FILE
         self._timeout = timeout
         self._local = threading.local()
         for d in (self.root, self.pieces_dir, self.progress_dir, self.work_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self.conn.executescript(_SCHEMA)
-        with self._tx() as c:
-            _add_missing_columns(c, _ADDED_COLUMNS)
-            c.execute("INSERT OR IGNORE INTO settings(key, value) VALUES ('schema_version', ?)", (json.dumps(SCHEMA_VERSION),))
+        # One process at a time checks the archive's identity, so two starting together on a fresh
+        # directory never see each other's half-created file as an emptied store.
+        with open(self.root / ".store.lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self._open_checked()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _open_checked(self) -> None:
+        fresh = not self.db_path.exists() or self.db_path.stat().st_size == 0
+        if fresh:
+            self._refuse_replacing_an_archive()
+        try:
+            if not fresh:
+                words = integrity_words(self.db_path, quick=True)
+                if words != ["ok"]:
+                    raise StoreDamagedError(
+                        f"{self.db_path}: the archive's database is damaged; PRAGMA quick_check says: "
+                        f"{'; '.join(words[:5])}. {_restore_hint(self.db_path)}")
+            self.conn.executescript(_SCHEMA)
+            with self._tx() as c:
+                _add_missing_columns(c, _ADDED_COLUMNS)
+                c.execute("INSERT OR IGNORE INTO settings(key, value) VALUES ('schema_version', ?)",
+                          (json.dumps(SCHEMA_VERSION),))
+                row = c.execute("SELECT value FROM settings WHERE key='archive_id'").fetchone()
+                archive_id = json.loads(row["value"]) if row else None
+                if archive_id is None:  # a new archive, or one from before archives had an identity
+                    archive_id = secrets.token_hex(8)
+                    c.execute("INSERT INTO settings(key, value) VALUES ('archive_id', ?)", (json.dumps(archive_id),))
+        except StoreError:
+            self.close()
+            raise
+        except sqlite3.Error as exc:
+            self.close()
+            raise classify_fault(exc, self.db_path) from exc
+        self.archive_id = archive_id
+        on_disk = self._archive_id_on_disk()
+        if on_disk is None:
+            atomic_write_bytes(self.id_path, (json.dumps({"archive_id": archive_id, "created_at": time.time()})
+                                              + "\n").encode())
+            if fresh:
+                log.info("store: new archive %s in %s", archive_id, self.root)
+        elif on_disk != archive_id:
+            self.close()
+            raise ArchiveIdentityError(
+                f"{self.db_path} belongs to archive {archive_id}, but {self.id_path} says this directory holds "
+                f"archive {on_disk}: the database was swapped for another archive's. Refusing to mix them. "
+                f"{_restore_hint(self.db_path)}")
+
+    def _archive_id_on_disk(self) -> str | None:
+        try:
+            return str(json.loads(self.id_path.read_text(encoding="utf-8"))["archive_id"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ArchiveIdentityError(f"{self.id_path}: unreadable archive identity ({exc}); it should hold "
+                                       f'{{"archive_id": "..."}} as written when the archive was created') from exc
+
+    def _refuse_replacing_an_archive(self) -> None:
+        """A missing or empty store next to an archive's identity file or its pieces is never replaced."""
+        archive_id = self._archive_id_on_disk()
+        pieces = sum(1 for _ in self.pieces_dir.rglob("*.png"))
+        if archive_id is None and pieces == 0:
+            return
+        state = "is empty (0 bytes)" if self.db_path.exists() else "is missing"
+        what = [f"archive {archive_id}" if archive_id else "an archive", f"{pieces} piece image(s) in {self.pieces_dir}"]
+        raise ArchiveIdentityError(
+            f"{self.db_path} {state}, but {self.root} holds {' with '.join(what)}. Refusing to start a new empty "
+            f"archive in its place (ids would restart at 1 and old QR codes would show other pieces). "
+            f"{_restore_hint(self.db_path)} To start a new archive on purpose, move {self.pieces_dir} and "
+            f"{self.id_path} elsewhere first.")
 
     # -- connection ---------------------------------------------------------
     @property
@@ -301,15 +472,33 @@ class Store:
 
     @contextmanager
     def _tx(self, immediate: bool = True) -> Iterator[sqlite3.Connection]:
-        c = self.conn
-        c.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        """A short write transaction. SQLite faults come out as StoreUnavailableError (locked, disk full:
+        try again later) or StoreDamagedError, each naming the file."""
+        try:
+            c = self.conn
+            c.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        except sqlite3.Error as exc:
+            raise classify_fault(exc, self.db_path) from exc
         try:
             yield c
-        except BaseException:
-            c.execute("ROLLBACK")
+        except BaseException as exc:
+            if c.in_transaction:
+                try:
+                    c.execute("ROLLBACK")
+                except sqlite3.Error:
+                    log.warning("store: rollback failed after %s", exc)
+            if isinstance(exc, sqlite3.Error):
+                fault = classify_fault(exc, self.db_path)
+                if fault is not None:
+                    raise fault from exc
             raise
         else:
-            c.execute("COMMIT")
+            try:
+                c.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if c.in_transaction:
+                    c.execute("ROLLBACK")
+                raise classify_fault(exc, self.db_path) from exc
 
     # -- settings -----------------------------------------------------------
     def get_setting(self, key: str, default: Any = None) -> Any:
@@ -347,14 +536,20 @@ class Store:
         return job
 
     def _expire_leases(self, c: sqlite3.Connection, now: float) -> None:
-        for row in c.execute("SELECT id, attempts, max_attempts, worker FROM jobs WHERE status='running' AND lease_until < ?",
+        """A job whose worker stopped answering goes back to the queue without using up its attempts (those
+        count render failures). Only a job whose workers died MAX_WORKER_DEATHS times is held for staff."""
+        for row in c.execute("SELECT id, deaths, worker FROM jobs WHERE status='running' AND lease_until < ?",
                              (now,)).fetchall():
-            if row["attempts"] >= row["max_attempts"]:
-                c.execute("UPDATE jobs SET status='failed', error=?, finished_at=?, worker=NULL, lease_until=NULL WHERE id=?",
-                          (f"worker {row['worker']} stopped answering {row['attempts']} times", now, row["id"]))
-                log.warning("job %d failed: its worker died %d times", row["id"], row["attempts"])
+            deaths = row["deaths"] + 1
+            if deaths >= MAX_WORKER_DEATHS:
+                why = (f"its worker stopped answering {deaths} times (last: {row['worker']}); "
+                       f"held for staff: approve to try again, or cancel")
+                c.execute("UPDATE jobs SET status='held', deaths=?, error=?, held_reason=?, worker=NULL,"
+                          " lease_until=NULL WHERE id=?", (deaths, why, why, row["id"]))
+                log.warning("job %d held for staff: its worker died %d times while making it", row["id"], deaths)
             else:
-                c.execute("UPDATE jobs SET status='queued', worker=NULL, lease_until=NULL WHERE id=?", (row["id"],))
+                c.execute("UPDATE jobs SET status='queued', deaths=?, worker=NULL, lease_until=NULL WHERE id=?",
+                          (deaths, row["id"]))
                 log.warning("job %d re-queued: the lease of worker %s ran out", row["id"], row["worker"])
 
     def requeue_expired(self) -> None:
@@ -382,11 +577,12 @@ class Store:
                 return None
             c.execute(
                 "UPDATE jobs SET status='running', worker=?, lease_until=?, started_at=COALESCE(started_at, ?),"
-                " attempts=attempts+1, error=NULL WHERE id=? AND status='queued'",
+                " error=NULL WHERE id=? AND status='queued'",
                 (worker, now + lease, now, row["id"]),
             )
             job = Job.from_row(c.execute("SELECT * FROM jobs WHERE id=?", (row["id"],)).fetchone())
-        log.info("worker %s claimed job %d (attempt %d)", worker, job.id, job.attempts)
+        log.info("worker %s claimed job %d (failed before: %d, workers lost: %d)", worker, job.id, job.attempts,
+                 job.deaths)
         return job
 
     def _owned(self, c: sqlite3.Connection, job_id: int, worker: str) -> sqlite3.Row:
@@ -423,22 +619,22 @@ class Store:
     def release(self, job_id: int, worker: str, reason: str = "worker stopped") -> None:
         """Give a running job back to the queue without counting the attempt (clean shutdown, pre-emption)."""
         with self._tx() as c:
-            c.execute(
-                "UPDATE jobs SET status='queued', worker=NULL, lease_until=NULL, attempts=MAX(attempts-1, 0)"
-                " WHERE id=? AND worker=? AND status='running'", (job_id, worker))
+            c.execute("UPDATE jobs SET status='queued', worker=NULL, lease_until=NULL"
+                      " WHERE id=? AND worker=? AND status='running'", (job_id, worker))
         log.info("job %d released by %s: %s", job_id, worker, reason)
 
     def fail(self, job_id: int, worker: str, error: str, *, retry: bool = False) -> Job:
-        """Record a failure. With ``retry`` and attempts left, the job goes back to the queue."""
+        """Record a render failure (one attempt used). With ``retry`` and attempts left, the job is queued again."""
         now = time.time()
         with self._tx() as c:
             row = self._owned(c, job_id, worker)
-            if retry and row["attempts"] < row["max_attempts"]:
-                c.execute("UPDATE jobs SET status='queued', worker=NULL, lease_until=NULL, error=? WHERE id=?",
-                          (error, job_id))
+            attempts = row["attempts"] + 1
+            if retry and attempts < row["max_attempts"]:
+                c.execute("UPDATE jobs SET status='queued', worker=NULL, lease_until=NULL, error=?, attempts=?"
+                          " WHERE id=?", (error, attempts, job_id))
             else:
-                c.execute("UPDATE jobs SET status='failed', worker=NULL, lease_until=NULL, error=?, finished_at=?"
-                          " WHERE id=?", (error, now, job_id))
+                c.execute("UPDATE jobs SET status='failed', worker=NULL, lease_until=NULL, error=?, finished_at=?,"
+                          " attempts=? WHERE id=?", (error, now, attempts, job_id))
             job = Job.from_row(c.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone())
         if job.status == "failed":
             self._drop_frame(job_id)
@@ -535,7 +731,8 @@ class Store:
     # moderation
     def approve(self, job_id: int) -> bool:
         with self._tx() as c:
-            return c.execute("UPDATE jobs SET status='queued' WHERE id=? AND status='held'", (job_id,)).rowcount == 1
+            return c.execute("UPDATE jobs SET status='queued', deaths=0, error=NULL WHERE id=? AND status='held'",
+                             (job_id,)).rowcount == 1
 
     def cancel(self, job_id: int, reason: str = "cancelled by staff") -> bool:
         with self._tx() as c:
@@ -549,7 +746,8 @@ class Store:
     def retry(self, job_id: int) -> bool:
         with self._tx() as c:
             return c.execute(
-                "UPDATE jobs SET status='queued', attempts=0, error=NULL, finished_at=NULL WHERE id=? AND status='failed'",
+                "UPDATE jobs SET status='queued', attempts=0, deaths=0, error=NULL, finished_at=NULL"
+                " WHERE id=? AND status='failed'",
                 (job_id,)).rowcount == 1
 
     # -- pieces -------------------------------------------------------------
@@ -618,9 +816,16 @@ class Store:
 
     def get_piece(self, piece_id: int, *, include_hidden: bool = False) -> Piece | None:
         row = self.conn.execute("SELECT * FROM pieces WHERE id=?", (piece_id,)).fetchone()
-        if row is None or (row["hidden"] and not include_hidden):
+        if row is None or (not include_hidden and (row["hidden"] or not self._image_exists(row))):
             return None
         return Piece.from_row(row)
+
+    def _image_exists(self, row: sqlite3.Row) -> bool:
+        """The piece's image is on disk (a row whose file was deleted is hidden, and `kiosk doctor` reports it)."""
+        try:
+            return self.path(row["image_path"]).is_file()
+        except StoreError:
+            return False
 
     def recent_pieces(self, limit: int = 20, *, exhibit: str | None = None, include_hidden: bool = False,
                       before_id: int | None = None, curation: str | None = None) -> list[Piece]:
@@ -638,13 +843,24 @@ class Store:
         elif curation:
             sql += " AND curation=?"
             args.append(curation)
-        sql += " ORDER BY id DESC LIMIT ?"
-        args.append(limit)
-        return [Piece.from_row(r) for r in self.conn.execute(sql, args)]
+        out: list[Piece] = []
+        cursor = None
+        while len(out) < limit:  # rows whose image is gone are skipped: read on until the page is full
+            page_sql, page_args = sql, list(args)
+            if cursor is not None:
+                page_sql += " AND id < ?"
+                page_args.append(cursor)
+            want = limit - len(out)
+            rows = self.conn.execute(page_sql + " ORDER BY id DESC LIMIT ?", [*page_args, want]).fetchall()
+            out += [Piece.from_row(r) for r in rows if include_hidden or self._image_exists(r)]
+            if len(rows) < want:
+                break
+            cursor = rows[-1]["id"]
+        return out
 
     def latest_piece_id(self) -> int:
-        row = self.conn.execute("SELECT MAX(id) FROM pieces WHERE hidden=0").fetchone()
-        return row[0] or 0
+        newest = self.recent_pieces(1)
+        return newest[0].id if newest else 0
 
     def count_pieces(self, exhibit: str | None = None) -> int:
         if exhibit is None:
@@ -751,6 +967,57 @@ class Store:
         except FileNotFoundError:
             return False
 
+    def file_report(self) -> tuple[list[tuple[int, str]], list[str]]:
+        """(rows whose image is gone as (piece id, path), piece images on disk without a row)."""
+        recorded: set[str] = set()
+        missing: list[tuple[int, str]] = []
+        for row in self.conn.execute("SELECT id, image_path, thumb_path, extra FROM pieces ORDER BY id"):
+            recorded.update(p for p in (row["image_path"], row["thumb_path"], *json.loads(row["extra"]).values()) if p)
+            if not self._image_exists(row):
+                missing.append((row["id"], row["image_path"]))
+        orphans = sorted(rel for f in self.pieces_dir.rglob("*") if f.is_file() and not f.name.startswith(".")
+                         and (rel := str(f.relative_to(self.root))) not in recorded)
+        return missing, orphans
+
+    # -- backups ------------------------------------------------------------
+    def backup(self, dest_dir: str | os.PathLike | None = None, *, keep: int = 14) -> Path:
+        """Copy the database with SQLite's online backup API (safe while the show runs), check the copy,
+        then keep only the newest ``keep`` backups. The piece images are files: copy those with rsync."""
+        dest_dir = Path(dest_dir) if dest_dir else self.root / BACKUP_DIR
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        dest = dest_dir / f"kiosk-{stamp}-{self.archive_id}.sqlite3"
+        tmp = dest.with_name(f".{dest.name}.tmp")
+        try:
+            target = sqlite3.connect(tmp)
+            try:
+                self.conn.backup(target, pages=256, sleep=0.01)
+            finally:
+                target.close()
+            words = integrity_words(tmp)
+            if words != ["ok"]:
+                raise StoreDamagedError(f"{self.db_path}: the backup copy fails PRAGMA integrity_check: "
+                                        f"{'; '.join(words[:5])}; the live database is probably damaged")
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, dest)
+        except sqlite3.Error as exc:
+            raise classify_fault(exc, self.db_path) from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        olds = sorted(dest_dir.glob(f"kiosk-*-{self.archive_id}.sqlite3"))
+        for old in olds[:-keep] if keep > 0 else []:
+            old.unlink(missing_ok=True)
+            log.info("backup: removed old %s", old)
+        log.info("backup: %s", dest)
+        return dest
+
+    # -- web app ------------------------------------------------------------
+    def record_web_address(self, host: str, port: int, url: str) -> None:
+        """Where the web app really listens (``kiosk status`` and ``kiosk doctor`` read it)."""
+        self.set_setting("web_listen", {"host": host, "port": int(port), "url": url, "pid": os.getpid(),
+                                        "started_at": time.time()})
+
     # -- workers ------------------------------------------------------------
     def worker_beat(self, worker: str, *, state: str, message: str = "", device: str = "") -> None:
         now = time.time()
@@ -769,3 +1036,96 @@ class Store:
         rows = self.conn.execute("SELECT * FROM workers WHERE beat_at > ? AND state != 'stopped'",
                                  (time.time() - within,)).fetchall()
         return [dict(r) for r in rows]
+
+
+def pid_alive(pid: int | None) -> bool:
+    """A process with this pid runs on this machine (the kiosk's processes all run on one)."""
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def list_backups(root: str | os.PathLike, dest_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Backups of the archive in ``root``, oldest first."""
+    d = Path(dest_dir) if dest_dir else Path(root) / BACKUP_DIR
+    return sorted(d.glob("kiosk-*.sqlite3"))
+
+
+def restore(root: str | os.PathLike, backup: str | os.PathLike | None = None, *, force: bool = False) -> Path:
+    """Put a backup in place of the archive's database (stop the kiosk's processes first).
+
+    The backup must pass ``PRAGMA integrity_check`` and belong to this archive (its identity file), unless
+    ``force``. The current database, if any, is kept beside it as ``kiosk.sqlite3.replaced-STAMP``. Ids given
+    out after the backup was made are never given out again: the id counters move past the newest job id
+    found among the piece files, so an old QR code cannot come to show another piece.
+    """
+    root = Path(root)
+    db = root / "kiosk.sqlite3"
+    if backup is None:
+        found = list_backups(root)
+        if not found:
+            raise StoreError(f"no backups in {root / BACKUP_DIR}; name a backup file to restore from")
+        backup = found[-1]
+    backup = Path(backup)
+    if not backup.is_file():
+        raise StoreError(f"{backup}: backup file not found")
+    words = integrity_words(backup)
+    if words != ["ok"]:
+        raise StoreDamagedError(f"{backup}: this backup fails PRAGMA integrity_check: {'; '.join(words[:5])}; "
+                                f"choose an older one (python -m kiosk restore --list)")
+    src = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
+    try:
+        row = src.execute("SELECT value FROM settings WHERE key='archive_id'").fetchone()
+    except sqlite3.Error as exc:
+        src.close()
+        raise StoreDamagedError(f"{backup}: not a kiosk archive backup ({exc})") from exc
+    backup_id = json.loads(row[0]) if row else None
+    id_path = root / ARCHIVE_ID_FILE
+    try:
+        ours = str(json.loads(id_path.read_text(encoding="utf-8"))["archive_id"])
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        ours = None
+    if ours and backup_id != ours and not force:
+        src.close()
+        raise ArchiveIdentityError(f"{backup} is a backup of archive {backup_id}, but {root} holds archive {ours}; "
+                                   f"restore a backup of this archive, or add --force to replace it")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    if db.exists():
+        kept = db.with_name(f"{db.name}.replaced-{stamp}")
+        os.replace(db, kept)
+        log.info("restore: the previous database is kept as %s", kept)
+    for side in ("-wal", "-shm"):
+        side_file = db.with_name(db.name + side)
+        if side_file.exists():
+            os.replace(side_file, db.with_name(f"{db.name}{side}.replaced-{stamp}"))
+    tmp = db.with_name(f".{db.name}.restoring")
+    try:
+        target = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            src.backup(target)
+            job_ids = [int(m.group(1)) for f in (root / "pieces").rglob("job*.png")
+                       if (m := _JOB_FILE.match(f.name))]
+            seq = dict(target.execute("SELECT name, seq FROM sqlite_sequence").fetchall())
+            newest_job = max(job_ids, default=0)
+            later = max(0, newest_job - seq.get("jobs", 0))  # jobs (so at most pieces) made after the backup
+            target.execute("UPDATE sqlite_sequence SET seq=? WHERE name='jobs'",
+                           (max(seq.get("jobs", 0), newest_job) + 100,))
+            target.execute("UPDATE sqlite_sequence SET seq=? WHERE name='pieces'",
+                           (seq.get("pieces", 0) + later + 100,))
+        finally:
+            target.close()
+        os.replace(tmp, db)
+    finally:
+        src.close()
+        tmp.unlink(missing_ok=True)
+    if backup_id and (ours is None or force):
+        atomic_write_bytes(id_path, (json.dumps({"archive_id": backup_id, "restored_from": str(backup),
+                                                 "restored_at": time.time()}) + "\n").encode())
+    log.info("restore: %s now holds %s", db, backup)
+    return db

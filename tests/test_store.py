@@ -52,17 +52,38 @@ def test_priority_order_and_queue_position(store):
     assert store.queue_position(tap.id) is None
 
 
-def test_expired_lease_requeues_then_fails_after_max_attempts(store):
+def test_dead_workers_do_not_use_up_attempts_and_a_job_that_keeps_killing_them_is_held(store):
+    from exhibits.store import MAX_WORKER_DEATHS
+
     job = store.submit("demo", source="visitor", prompt_text="keep me", max_attempts=2)
-    assert store.claim("dead-1", lease=0.01).id == job.id
-    time.sleep(0.05)
-    again = store.claim("w2", lease=0.01)
-    assert again.id == job.id and again.attempts == 2
-    time.sleep(0.05)
+    for death in range(1, MAX_WORKER_DEATHS):
+        assert store.claim(f"host-a:{1000 + death}", lease=0.01).id == job.id
+        time.sleep(0.03)
+        store.requeue_expired()
+        back = store.get_job(job.id)
+        assert back.status == "queued" and back.attempts == 0 and back.deaths == death
+    assert store.claim("host-a:1999", lease=0.01).id == job.id
+    time.sleep(0.03)
     store.requeue_expired()
-    failed = store.get_job(job.id)
-    assert failed.status == "failed" and "stopped answering" in failed.error
-    assert failed.prompt_text == "keep me"  # the visitor's prompt is still there
+    held = store.get_job(job.id)
+    assert held.status == "held" and held.held_for_staff and held.prompt_text == "keep me"
+    assert "host-a:1999" in held.error  # staff see which worker
+    said = held.public()["error"]
+    assert "host-a" not in said and "1999" not in said and "staff" in said  # the visitor reads plain words
+    assert store.claim("w") is None
+    assert store.approve(job.id)
+    again = store.get_job(job.id)
+    assert again.status == "queued" and again.deaths == 0 and again.error is None
+
+
+def test_render_failures_use_attempts_and_the_visitor_reads_plain_words(store):
+    job = store.submit("demo", source="visitor", prompt_text="fire", max_attempts=2)
+    store.claim("vm:13134")
+    assert store.fail(job.id, "vm:13134", "RuntimeError: CUDA error on vm:13134", retry=True).status == "queued"
+    store.claim("vm:13134")
+    failed = store.fail(job.id, "vm:13134", "RuntimeError: CUDA error on vm:13134", retry=True)
+    assert failed.status == "failed" and failed.attempts == 2 and "CUDA" in failed.error
+    assert "vm:" not in failed.public()["error"] and "13134" not in failed.public()["error"]
     assert store.retry(job.id) and store.get_job(job.id).status == "queued"
 
 

@@ -152,6 +152,8 @@ def job_payload(job: Job) -> dict[str, Any]:
 
 
 def status_message(job: Job, position: int | None) -> str:
+    if job.held_for_staff:
+        return job.public_error() or ""
     if job.status == "held":
         return ("Your prompt is waiting for a member of staff to look at it before it goes on the screen. "
                 "Nothing is lost: keep this page open.")
@@ -163,7 +165,7 @@ def status_message(job: Job, position: int | None) -> str:
     if job.status == "done":
         return "Done! Your piece is ready."
     if job.status == "failed":
-        return f"Sorry, this one failed: {job.error or 'unknown error'}."
+        return f"Sorry, {job.public_error()}."
     return "This prompt was cancelled by the staff."
 
 
