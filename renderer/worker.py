@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import threading
 import time
 import traceback
@@ -22,11 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from exhibits import service
 from exhibits.config import ConfigError, Exhibit, load_exhibits
 from exhibits.playlist import Playlist
 from exhibits import wake
 from exhibits.show import ShowConfig, is_open
-from exhibits.store import Job, Store
+from exhibits.store import (Job, Store, StoreDamagedError, StoreError, StoreFault, StoreUnavailableError,
+                            classify_fault, is_disk_full)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,13 @@ FRAME_MAX_SIDE = 768
 FRAME_INTERVAL = 0.25  # at most four progress frames a second reach the store
 # Job params that are the store's bookkeeping (merch batches), never generator settings.
 JOB_BOOKKEEPING = frozenset({"batch", "batch_index", "parent_piece"})
+# Waits after a store or disk fault: first, then doubling up to the most (seconds).
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 60.0
+DISK_PROBE_BYTES = 1 << 20  # work resumes after a full disk once this much can be written again
+
+
+class DiskFull(Exception):
+    """Raised inside the worker to pause work until the disk has room again."""
 
 
 def frame_jpeg(image: Any, max_side: int = FRAME_MAX_SIDE, quality: int = 80) -> bytes:
@@ -75,6 +85,8 @@ class Worker:
         self._playlist: Playlist | None = None
         self._last_playlist = float("-inf")
         self._last_disk_warning = float("-inf")
+        self.backoff_first, self.backoff_max = BACKOFF_FIRST, BACKOFF_MAX
+        self.paused_for_disk = 0  # how many times work paused for a full disk (status, tests)
 
     # -- lifecycle ----------------------------------------------------------
     def stop(self, *_: Any) -> None:
@@ -102,14 +114,16 @@ class Worker:
         names = list(dict.fromkeys([*self.cfg.exhibits, *(x for x in (self.cfg.tap_exhibit, self.cfg.visitor_exhibit) if x)]))
         self.exhibits = load_exhibits(names, self.cfg.exhibit_dirs, known_generators=set(base.names()))
         for name in self.exhibits:
+            service.watchdog()
             try:
                 self._generator(name)
             except base.GeneratorUnavailable:
                 pass  # recorded in self._unavailable with the reason; the other exhibits still run
         available = [n for n in self.cfg.exhibits if n in self.exhibits and n not in self._unavailable]
         self._playlist = Playlist({n: self.exhibits[n] for n in available}) if available else None
-        self.store.set_setting("exhibits_available", {n: self._unavailable.get(n, "ok") for n in self.exhibits})
-        self._beat("idle")
+        self._patiently("exhibit list", self.store.set_setting, "exhibits_available",
+                        {n: self._unavailable.get(n, "ok") for n in self.exhibits})
+        self._quietly(self._beat, "idle")
         log.info("worker %s on %s; exhibits ready: %s; unavailable: %s", self.id, self.device_name,
                  ", ".join(n for n in self.exhibits if n not in self._unavailable) or "none",
                  "; ".join(f"{n} ({why})" for n, why in self._unavailable.items()) or "none")
@@ -135,6 +149,11 @@ class Worker:
             self._unavailable[exhibit] = str(exc)
             log.warning("exhibit %s cannot run here: %s", exhibit, exc)
             raise
+        except Exception as exc:  # a loader bug or an unexpected file: only this exhibit is off
+            self._unavailable[exhibit] = f"{type(exc).__name__}: {exc}"
+            log.error("exhibit %s failed to load and is off until the worker restarts:\n%s", exhibit,
+                      traceback.format_exc())
+            raise GeneratorUnavailable(self._unavailable[exhibit]) from exc
         self._generators[exhibit] = gen
         return gen
 
@@ -168,64 +187,174 @@ class Worker:
             self._last_playlist = now
         self.store.prune_playlist_pieces(self.cfg.keep_playlist_pieces)
 
+    # -- faults -------------------------------------------------------------
+    def _wait(self, seconds: float) -> None:
+        """Sleep (pinging systemd's watchdog: waiting out a fault is not a hang) unless stopped."""
+        end = time.monotonic() + seconds
+        while not self._stop.is_set() and (left := end - time.monotonic()) > 0:
+            service.watchdog()
+            self._stop.wait(min(left, 1.0))
+
+    def _disk_has_room(self) -> bool:
+        probe = self.store.work_dir / ".space-probe"
+        try:
+            with open(probe, "wb") as fh:
+                fh.write(b"\0" * DISK_PROBE_BYTES)
+                fh.flush()
+                os.fsync(fh.fileno())
+            return True
+        except OSError as exc:
+            if is_disk_full(exc):
+                return False
+            raise
+        finally:
+            probe.unlink(missing_ok=True)
+
+    def _pause_for_disk(self, why: str) -> None:
+        """Stop taking work until the disk has room again; nothing is failed or counted meanwhile."""
+        self.paused_for_disk += 1
+        log.warning("the disk under %s is full (%s): work is paused until space is freed", self.store.root, why)
+        service.status(f"paused: the disk under {self.store.root} is full")
+        delay = self.backoff_first
+        while not self._stop.is_set() and not self._disk_has_room():
+            self._wait(delay)
+            delay = min(delay * 2, self.backoff_max)
+        if not self._stop.is_set():
+            log.info("the disk has room again: work resumes")
+            service.status(f"worker {self.id}: working")
+
+    def _on_fault(self, exc: BaseException, delay: float) -> None:
+        """Wait out a store or disk fault met in the main loop; re-raise anything else."""
+        fault = classify_fault(exc, self.store.db_path)
+        if fault is None or not isinstance(fault, StoreFault):
+            raise exc
+        if isinstance(fault, StoreUnavailableError) and fault.disk_full:
+            self._pause_for_disk(str(exc))
+            return
+        (log.error if isinstance(fault, StoreDamagedError) else log.warning)("%s (next try in %.0f s)", fault, delay)
+        service.status(str(fault)[:200])
+        self._wait(delay)
+
+    def _patiently(self, what: str, fn: Any, *args: Any, **kw: Any) -> Any:
+        """Run a store write until it goes through: a locked database or a full disk is waited out with backoff.
+        Once the worker is stopping it keeps trying for at most 10 s more. Returns None if it never went through."""
+        delay = self.backoff_first
+        give_up = None
+        while True:
+            try:
+                return fn(*args, **kw)
+            except (StoreFault, sqlite3.Error, OSError) as exc:
+                fault = classify_fault(exc, self.store.db_path)
+                if not isinstance(fault, StoreUnavailableError):
+                    raise
+                if self._stop.is_set():
+                    give_up = give_up or time.monotonic() + 10
+                    if time.monotonic() > give_up:
+                        log.error("%s did not go through before stopping: %s", what, fault)
+                        return None
+                    time.sleep(min(delay, 1.0))
+                else:
+                    log.warning("%s waits: %s (next try in %.1f s)", what, fault, delay)
+                    self._wait(delay)
+                delay = min(delay * 2, self.backoff_max)
+
+    def _quietly(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        """A store call whose failure must not stop the work (heartbeats, status beats): log it and go on."""
+        try:
+            return fn(*args, **kw)
+        except (StoreFault, sqlite3.Error, OSError) as exc:
+            log.warning("store write skipped: %s", classify_fault(exc, self.store.db_path) or exc)
+            return None
+
     def run(self, *, max_jobs: int | None = None, idle_exit: float | None = None) -> WorkerStats:
         """Claim and render until stopped (or ``max_jobs`` done, or idle for ``idle_exit`` seconds)."""
         if self.device is None:
             self.setup()
+        service.ready(f"worker {self.id} on {self.device_name}")
         idle_since = time.monotonic()
         last_beat = 0.0
         nudge = wake.Listener.open(self.store.root, "worker")  # the display says when a tap is queued
+        delay = self.backoff_first
         try:
             while not self._stop.is_set():
+                service.watchdog()
                 if max_jobs is not None and self.stats.done + self.stats.failed >= max_jobs:
                     break
-                self._top_up()
-                job = self.store.claim(self.id, lease=self.lease, exhibits=self.runnable(), batch=self.batch)
-                if job is None:
-                    if time.monotonic() - last_beat > 5:
+                try:
+                    self._top_up()
+                    job = self.store.claim(self.id, lease=self.lease, exhibits=self.runnable(), batch=self.batch)
+                    if job is None and time.monotonic() - last_beat > 5:
                         self._beat("idle")
                         last_beat = time.monotonic()
+                except (StoreFault, sqlite3.Error, OSError) as exc:
+                    self._on_fault(exc, delay)
+                    delay = min(delay * 2, self.backoff_max)
+                    continue
+                delay = self.backoff_first
+                if job is None:
                     if idle_exit is not None and time.monotonic() - idle_since > idle_exit:
                         break
                     nudge.wait(self.poll) if nudge is not None else self._stop.wait(self.poll)
                     continue
-                self.process(job)
+                self._process_through_full_disks(job)
                 idle_since = time.monotonic()
         finally:
             if nudge is not None:
                 nudge.close()
-            self.store.worker_gone(self.id)
+            self._quietly(self.store.worker_gone, self.id)
+            service.stopping()
         return self.stats
+
+    def _process_through_full_disks(self, job: Job) -> None:
+        """Process ``job``; when the disk fills up meanwhile, keep it (its checkpoint stays on disk, nothing is
+        counted against it), wait until there is room and carry on with it."""
+        while True:
+            try:
+                self.process(job)
+                return
+            except DiskFull as exc:
+                self._pause_for_disk(str(exc))
+            if self._stop.is_set():
+                self._after_cancel(job, "stopped while the disk was full")
+                return
+            if not self._quietly(self.store.heartbeat, job.id, self.id, lease=self.lease):
+                log.warning("job %d was taken away while the disk was full", job.id)
+                return
+            log.info("job %d carries on after the full disk", job.id)
 
     # -- one job ------------------------------------------------------------
     def process(self, job: Job) -> None:
+        """Render one claimed job and write its piece. A full disk raises DiskFull with the job still held (no
+        attempt used); a locked or full store is waited out; only a render error uses an attempt."""
         from renderer.base import GeneratorUnavailable, RenderCancelled, RenderRequest
 
         ex = self.exhibits[job.exhibit]
-        self._beat("rendering", f"job {job.id}: {ex.title}")
+        self._quietly(self._beat, "rendering", f"job {job.id}: {ex.title}")
         ctx = self._ctx(job)
         cancelled = threading.Event()
         last_frame = [0.0]
 
         def heartbeat() -> None:
             while not cancelled.wait(self.lease / 3):
-                if not self.store.heartbeat(job.id, self.id, lease=self.lease):
+                if self._quietly(self.store.heartbeat, job.id, self.id, lease=self.lease) is False:
                     log.warning("job %d was taken away (cancelled by staff?)", job.id)
                     cancelled.set()
-                self._beat("rendering", f"job {job.id}: {ex.title}")
+                self._quietly(self._beat, "rendering", f"job {job.id}: {ex.title}")
 
         def progress(info: dict) -> None:
+            service.watchdog()  # a step finished: the render is not hung
             now = time.monotonic()
             image = info.get("image")
             step, total = int(info.get("step", 0)), int(info.get("total", 0))
             final = total and step >= total
             if image is not None and (now - last_frame[0] >= FRAME_INTERVAL or final):
                 last_frame[0] = now
-                if not self.store.publish_frame(job.id, self.id, frame_jpeg(image), step=step, total=total,
-                                                lease=self.lease):
-                    cancelled.set()
+                held = self._quietly(self.store.publish_frame, job.id, self.id, frame_jpeg(image), step=step,
+                                     total=total, lease=self.lease)
                 wake.notify(self.store.root, "frame")  # the display shows it now, not at its next poll
-            elif not self.store.heartbeat(job.id, self.id, lease=self.lease, step=step, total=total):
+            else:
+                held = self._quietly(self.store.heartbeat, job.id, self.id, lease=self.lease, step=step, total=total)
+            if held is False:
                 cancelled.set()
 
         def should_stop() -> bool:
@@ -233,7 +362,8 @@ class Worker:
                 return True
             # Pre-empt a long piece when a tap or a visitor is waiting; its checkpoint lets it resume later.
             # Only jobs this worker can make count: one it cannot would pre-empt the piece forever.
-            return not ex.instant and self.store.higher_priority_waiting(job.priority, self.runnable())
+            return not ex.instant and bool(self._quietly(self.store.higher_priority_waiting, job.priority,
+                                                         self.runnable()))
 
         ctx.progress, ctx.should_stop = progress, should_stop
         job_params = dict(job.params)
@@ -256,13 +386,19 @@ class Worker:
             return
         except GeneratorUnavailable as exc:
             cancelled.set()
-            self.store.fail(job.id, self.id, f"{ex.title} cannot run on this machine: {exc}")
+            self._patiently(f"job {job.id} failure", self.store.fail, job.id, self.id,
+                            f"{ex.title} cannot run on this machine: {exc}")
             self.stats.failed += 1
             return
         except Exception as exc:  # a render bug must not kill the show: record it, retry, keep going
             cancelled.set()
+            if is_disk_full(exc) or isinstance(classify_fault(exc, self.store.db_path), StoreUnavailableError):
+                # Not the job's fault: the worker keeps it (its checkpoint stays), waits for space, carries on.
+                log.warning("job %d stopped by a full disk (%s); it waits for space", job.id, exc)
+                raise DiskFull(str(exc)) from exc
             log.error("job %d failed:\n%s", job.id, traceback.format_exc())
-            self.store.fail(job.id, self.id, f"{type(exc).__name__}: {exc}", retry=True)
+            self._patiently(f"job {job.id} failure", self.store.fail, job.id, self.id,
+                            f"{type(exc).__name__}: {exc}", retry=True)
             self.stats.failed += 1
             return
         finally:
@@ -281,29 +417,82 @@ class Worker:
         meta.setdefault("label", getattr(self._generators.get(job.exhibit), "label", ""))
         if "sigma" not in meta and "sigma" in params:
             meta["sigma"] = params["sigma"]
-        try:
-            self.store.add_piece(job, self.id, result.image, meta, extra_files=result.extra_files)
-        except Exception:
-            log.error("job %d: writing the piece failed:\n%s", job.id, traceback.format_exc())
-            self.store.fail(job.id, self.id, "writing the piece failed", retry=True)
-            self.stats.failed += 1
+        if not self._write_piece(job, result, meta):
             return
         wake.notify(self.store.root, "piece")
         shutil.rmtree(ctx.work_dir, ignore_errors=True)
         self.stats.done += 1
         self.stats.seconds.append(seconds)
-        self._beat("idle")
+        self._quietly(self._beat, "idle")
+
+    def _write_piece(self, job: Job, result: Any, meta: dict) -> bool:
+        """Write the finished piece. On a full disk or a busy store the picture waits in memory (the lease kept)
+        until it can be written: a finished piece is never thrown away for lack of space."""
+        delay = self.backoff_first
+        while True:
+            try:
+                self.store.add_piece(job, self.id, result.image, meta, extra_files=result.extra_files)
+                return True
+            except Exception as exc:
+                fault = classify_fault(exc, self.store.db_path)
+                if isinstance(fault, StoreUnavailableError):
+                    if self._stop.is_set():
+                        self._after_cancel(job, "stopped while waiting for disk space")
+                        return False
+                    log.warning("job %d: the finished piece waits to be written: %s (next try in %.1f s)",
+                                job.id, fault, delay)
+                    self.paused_for_disk += int(fault.disk_full and delay == self.backoff_first)
+                    service.status(f"job {job.id}: waiting for disk space to write the piece")
+                    self._wait(delay)
+                    delay = min(delay * 2, self.backoff_max)
+                    if self._quietly(self.store.heartbeat, job.id, self.id, lease=self.lease) is False:
+                        log.warning("job %d was taken away while its piece waited to be written", job.id)
+                        return False
+                    continue
+                if isinstance(exc, StoreError) and not isinstance(exc, StoreFault):
+                    log.warning("job %d: %s", job.id, exc)  # taken away (cancelled by staff, lease expired)
+                    return False
+                log.error("job %d: writing the piece failed:\n%s", job.id, traceback.format_exc())
+                self._patiently(f"job {job.id} failure", self.store.fail, job.id, self.id,
+                                "writing the piece failed", retry=True)
+                self.stats.failed += 1
+                return False
 
     def _after_cancel(self, job: Job, why: str) -> None:
-        current = self.store.get_job(job.id)
+        current = self._patiently(f"job {job.id} hand-back", self.store.get_job, job.id)
         if current is not None and current.status == "running" and current.worker == self.id:
-            self.store.release(job.id, self.id, why)
+            self._patiently(f"job {job.id} hand-back", self.store.release, job.id, self.id, why)
             self.stats.released += 1
+
+
+def open_store_patiently(cfg: ShowConfig, stop: threading.Event) -> Store | None:
+    """Open the archive; while it is damaged, missing or locked, say why (the file and the fix) and try again
+    with backoff instead of exiting, so systemd does not give up on a restart loop while staff restore it."""
+    delay = BACKOFF_FIRST
+    while not stop.is_set():
+        try:
+            return Store(cfg.data_dir)
+        except StoreFault as exc:
+            log.error("cannot open the archive: %s (next try in %.0f s)", exc, delay)
+            service.ready()  # the process is up; STATUS says what it waits for
+            service.status(f"waiting for the archive: {str(exc)[:150]}")
+            end = time.monotonic() + delay
+            while not stop.is_set() and time.monotonic() < end:
+                service.watchdog()
+                stop.wait(1.0)
+            delay = min(delay * 2, BACKOFF_MAX)
+    return None
 
 
 def main(cfg: ShowConfig, *, once: bool = False, max_jobs: int | None = None) -> int:
     """Entry point of ``python -m kiosk worker``."""
-    worker = Worker(cfg)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    store = open_store_patiently(cfg, stop)
+    if store is None:
+        return 0
+    worker = Worker(cfg, store)
     worker.install_signal_handlers()
     try:
         worker.setup()
