@@ -20,6 +20,12 @@ class GeneratorUnavailable(RuntimeError):
     """The generator cannot run here (weights missing, bad settings); the message says how to fix it."""
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file is empty, truncated, damaged, not what it claims to be, or asks for something the safe
+    loaders refuse. Every loader raises it (never a raw pickle/zip/EOF error) with the file's path in the message,
+    so the worker turns off only the exhibit that needs that file."""
+
+
 class RenderCancelled(RuntimeError):
     """The worker asked the render to stop (SIGTERM, job cancelled); any checkpoint is already on disk."""
 

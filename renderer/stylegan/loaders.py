@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -385,8 +384,16 @@ def _load_torch_zip(path: Path) -> Any:
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable or refused torch checkpoint ({str(exc).splitlines()[0][:300]})") from None
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ... for refused or damaged files
+        raise CheckpointError(f"{path}: unreadable or refused torch checkpoint: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The part of a loader's error that says what was wrong (torch's refusals run to a page of advice)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    refused = [ln for ln in lines if "unsupported GLOBAL" in ln or "blocked" in ln]
+    text = refused[0] if refused else (lines[0] if lines else "")
+    return f"{type(exc).__name__}: {text[:300]}" if text else type(exc).__name__
 
 
 def load_uncached(path: Path) -> tuple[Synthesis, str, str]:
@@ -432,7 +439,12 @@ def load_synthesis(path: str | os.PathLike, cache_dir: str | os.PathLike | None 
                                        meta["source_sha256"], path)
         except (OSError, json.JSONDecodeError, CheckpointError, KeyError) as exc:
             log.warning("ignoring stale or damaged cache %s: %s", cache, exc)
-    net, family, fmt = load_uncached(path)
+    try:
+        net, family, fmt = load_uncached(path)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # whatever else a damaged file provokes still names the file, and only that file
+        raise CheckpointError(f"{path}: not a loadable StyleGAN checkpoint: {_first_line(exc)}") from exc
     loaded = LoadedSynthesis(net.eval().requires_grad_(False), family, fmt, sha256_file(path), path)
     if cache is not None and fmt != "cache":
         try:

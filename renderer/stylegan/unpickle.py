@@ -27,9 +27,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from renderer.base import CheckpointError  # noqa: F401 - raised here, imported from here by the loaders
 
-class CheckpointError(ValueError):
-    """A checkpoint is damaged, is not what it claims to be, or asks for something we do not allow."""
+
 
 
 class PersistentObject:

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from renderer.base import CheckpointError
+
 log = logging.getLogger(__name__)
 
 TINY_NAME = "kiosk-tiny-clip"
@@ -114,8 +116,17 @@ def load_clip(spec: str, weights_dir: Path, device: torch.device, seed: int = 0)
             raise FileNotFoundError(f"CLIP weights for {spec!r} not found in {weights_dir} "
                                     f"(expected {clip_checkpoint_name(spec)}.safetensors)")
         pcfg = open_clip.get_pretrained_cfg(arch, tag) or {}
-        model = open_clip.create_model(arch, pretrained=str(path),
-                                       force_quick_gelu=bool(pcfg.get("quick_gelu", False)))
+        if path.stat().st_size == 0:
+            raise CheckpointError(f"{path}: CLIP weights file is empty (fetch it again: python -m kiosk "
+                                  f"fetch-models {clip_checkpoint_name(spec)})")
+        try:
+            model = open_clip.create_model(arch, pretrained=str(path),
+                                           force_quick_gelu=bool(pcfg.get("quick_gelu", False)))
+        except Exception as exc:  # open_clip/torch raise many kinds for a damaged or refused file
+            lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+            why = next((ln for ln in lines if "GLOBAL" in ln), lines[0] if lines else "")
+            raise CheckpointError(f"{path}: CLIP weights cannot be loaded ({type(exc).__name__}: {why[:300]}); "
+                                  f"fetch them again: python -m kiosk fetch-models {clip_checkpoint_name(spec)}") from exc
         mean, std = pcfg.get("mean", OPENAI_MEAN), pcfg.get("std", OPENAI_STD)
         name, weights = arch, str(path)  # the tokenizer is the architecture's (SigLIP: 64 tokens), not "ARCH:TAG"
     model = model.eval().requires_grad_(False).to(device)

@@ -24,6 +24,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from renderer.base import CheckpointError
+
 log = logging.getLogger(__name__)
 
 TARGET_VQ = "taming.models.vqgan.VQModel"
@@ -34,8 +36,6 @@ REQUIRED_DDCONFIG = ("ch", "out_ch", "ch_mult", "num_res_blocks", "attn_resoluti
 MODEL_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.", "quantize.")
 
 
-class CheckpointError(ValueError):
-    """A VQGAN config or checkpoint is malformed; the message names the file and what is wrong."""
 
 
 class UnsafeCheckpointError(CheckpointError):
@@ -354,8 +354,8 @@ def read_lightning_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                          weights_only=False, mmap=use_mmap)
     except UnsafeCheckpointError:
         raise
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError, TypeError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint: {exc}") from exc
+    except Exception as exc:  # damaged or truncated: torch raises many kinds; each names this file here
+        raise CheckpointError(f"{path}: not a readable checkpoint: {type(exc).__name__}: {exc}") from exc
     sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise CheckpointError(f"{path}: no 'state_dict' of tensors in the checkpoint")
