@@ -232,13 +232,16 @@ def test_api_submit_and_job_json(web):
     assert f'href="/p/{piece.id}"' in c.get(f"/job/{token}").get_data(as_text=True)
 
 
-def test_failed_job_shows_its_reason(web):
+def test_failed_job_tells_the_visitor_in_plain_words_and_staff_the_reason(web):
     _, c, store, _ = web
     r = api_submit(c, {"prompt": "doomed"})
-    job = store.claim("w")
-    store.fail(job.id, "w", "out of memory")
-    assert "out of memory" in c.get(f"/job/{r.json['token']}").get_data(as_text=True)
-    assert c.get(f"/api/job/{r.json['token']}").json["error"] == "out of memory"
+    job = store.claim("vm:13134")
+    store.fail(job.id, "vm:13134", "RuntimeError: CUDA out of memory on vm:13134")
+    page = c.get(f"/job/{r.json['token']}").get_data(as_text=True)
+    said = c.get(f"/api/job/{r.json['token']}").json["error"]
+    assert "could not make this piece" in page and "staff can try it again" in said
+    assert not any("vm:13134" in t or "CUDA" in t for t in (page, said))  # no host, pid or traceback for visitors
+    assert "CUDA out of memory" in c.get("/staff/").get_data(as_text=True)  # staff see why (127.0.0.1, no password)
 
 
 def test_rate_limit_429_says_when_to_try_again(store):

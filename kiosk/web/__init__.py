@@ -5,11 +5,13 @@ The app talks to the renderer only through the store, and never imports torch.
 """
 from __future__ import annotations
 
+import html
 import json
 import logging
 import math
 import re
 import secrets
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,9 +27,10 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter, ValidationError
 
 from exhibits.config import Exhibit, load_exhibits
+from exhibits import service
 from exhibits.moderation import Moderator
-from exhibits.show import ShowConfig
-from exhibits.store import Store
+from exhibits.show import ShowConfig, public_base_url
+from exhibits.store import Store, StoreFault, classify_fault, integrity_words
 from kiosk.web.exports import ExportQueue
 from kiosk.web.security import LoginThrottle, PasswordSource, capped_channel_class, wrap_proxies
 
@@ -38,6 +41,10 @@ CSRF_FIELD = "csrf_token"
 MAX_ID = 2**63 - 1  # SQLite's INTEGER
 MAX_JSON_DEPTH = 8
 CSRF_MESSAGE = "the form has expired or did not come from this site: reload the page and try again"
+STORE_DOWN = ("The archive is not available right now, so pieces and prompts have to wait. The gallery staff "
+              "can see why; please try again in a minute.")
+STORE_RETRY_AFTER = 30
+INTEGRITY_EVERY = 60.0  # seconds between PRAGMA quick_check runs for /healthz
 
 
 @dataclass
@@ -53,6 +60,7 @@ class WebState:
     moderator: Moderator
     exports: ExportQueue
     lock: threading.Lock = field(default_factory=threading.Lock)
+    health: dict = field(default_factory=dict)  # the last PRAGMA quick_check for /healthz
 
     def store(self) -> Store:
         return self.base_store
@@ -213,6 +221,58 @@ def _handle_http_error(exc: HTTPException) -> Any:
     return resp
 
 
+# -- store faults (503) ---------------------------------------------------------
+def _store_fault_response(message: str, detail: str) -> Any:
+    """503 with a plain message for visitors; /healthz and staff pages also get the file and what is wrong."""
+    show_detail = request.path == "/healthz" or request.path.startswith("/staff")
+    if wants_json():
+        body: dict[str, Any] = {"error": message, "status": 503, "ok": False, "store": False}
+        if show_detail:
+            body["detail"] = detail
+        resp = jsonify(body)
+    else:
+        extra = f"<p><code>{html.escape(detail)}</code></p>" if show_detail else ""
+        resp = current_app.response_class(
+            f"<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+            f"<title>Please wait</title><h1>{html.escape(message)}</h1>{extra}", mimetype="text/html")
+    resp.status_code = 503
+    resp.headers["Retry-After"] = str(STORE_RETRY_AFTER)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+def _handle_store_fault(exc: Exception) -> Any:
+    fault = classify_fault(exc, Path(getattr(state().base_store, "db_path", "kiosk.sqlite3")))
+    detail = str(fault or exc)
+    log.error("store fault on %s %s: %s", request.method, request.path, detail)
+    return _store_fault_response(STORE_DOWN, detail)
+
+
+def health_report(store: Store, checked: dict) -> tuple[dict[str, Any], bool]:
+    """Can the store be read and written right now? Reads what the pages read, writes one setting, and every
+    INTEGRITY_EVERY seconds runs PRAGMA quick_check (cached in ``checked``)."""
+    body: dict[str, Any] = {"time": time.time()}
+    try:
+        workers = store.workers_alive()
+        body.update(workers_alive=len(workers), queue=store.count_queued(), running=len(store.running()),
+                    pieces=store.count_pieces(),
+                    workers=[{"id": w["id"], "state": w["state"], "device": w["device"]} for w in workers])
+        store.recent_pieces(1)
+        store.set_setting("web_health_at", body["time"])  # a real write: a full disk or a lock shows here
+        if time.monotonic() - checked.get("at", float("-inf")) > INTEGRITY_EVERY:
+            checked.update(at=time.monotonic(), words=integrity_words(store.db_path, quick=True))
+        if checked["words"] != ["ok"]:
+            raise StoreFault(f"{store.db_path}: PRAGMA quick_check says: {'; '.join(checked['words'][:5])}")
+    except (StoreFault, sqlite3.Error, OSError) as exc:
+        fault = classify_fault(exc, store.db_path) or exc
+        checked.pop("at", None)  # check again next time
+        log.error("health check failed: %s", fault)
+        body.update(ok=False, store=False, error=str(fault))
+        return body, False
+    body.update(ok=True, store=True)
+    return body, True
+
+
 # -- factory ------------------------------------------------------------------
 def create_app(cfg: ShowConfig, store: Store | None = None, *, testing: bool = False,
                config_file: str | Path | None = None) -> Flask:
@@ -265,6 +325,8 @@ def create_app(cfg: ShowConfig, store: Store | None = None, *, testing: bool = F
     app.before_request(check_body_encoding)
     CSRFProtect(app)  # every POST, whatever its content type: form field or X-CSRFToken header
     app.register_error_handler(HTTPException, _handle_http_error)
+    app.register_error_handler(StoreFault, _handle_store_fault)
+    app.register_error_handler(sqlite3.Error, _handle_store_fault)
     app.jinja_env.globals.update(csrf_token=csrf_token, csrf_field=CSRF_FIELD, show=cfg)
     app.jinja_env.filters["label"] = lambda p: p.label or p.generator
     app.wsgi_app = wrap_proxies(app.wsgi_app, cfg.trusted_proxies)  # type: ignore[method-assign]
@@ -282,14 +344,14 @@ def create_app(cfg: ShowConfig, store: Store | None = None, *, testing: bool = F
     return app
 
 
-def make_server(app: Flask, host: str, port: int, *, threads: int = 6) -> Any:
+def make_server(app: Any, host: str, port: int, *, threads: int = 6) -> Any:
     """A waitress server for ``app`` that stays responsive to slow and idle clients: idle connections close
     after 30 s, and one address may hold at most ``max_connections_per_address`` of them (the trusted proxies
     excepted: their own ``limit_conn`` does that job)."""
     from waitress.channel import HTTPChannel
     from waitress.server import BaseWSGIServer, create_server
 
-    cfg: ShowConfig = app.extensions["kiosk"].cfg
+    cfg: ShowConfig = app.cfg if isinstance(app, StoreGuardedApp) else app.extensions["kiosk"].cfg
     sockets: dict = {}
     srv = create_server(app, map=sockets, host=host, port=port, threads=threads, ident="kiosk",
                         channel_timeout=30, connection_limit=1000, cleanup_interval=10,
@@ -306,14 +368,92 @@ def make_server(app: Flask, host: str, port: int, *, threads: int = 6) -> Any:
     return srv
 
 
+def maintenance_app(cfg: ShowConfig, error: Exception) -> Flask:
+    """What answers while the store cannot be opened: 503 everywhere, /healthz not ok with the reason."""
+    app = Flask(__name__)
+
+    @app.route("/", defaults={"path": ""}, methods=["GET", "POST", "HEAD"])
+    @app.route("/<path:path>", methods=["GET", "POST", "HEAD"])
+    def down(path: str) -> Any:
+        return _store_fault_response(STORE_DOWN, str(error))
+
+    return app
+
+
+class StoreGuardedApp:
+    """The WSGI app waitress serves: the real app, or while the store cannot be opened (damaged, missing, locked)
+    a maintenance app answering 503; it tries to open the store again at most every ``retry`` seconds, so the
+    site comes back by itself once staff restore the archive."""
+
+    def __init__(self, cfg: ShowConfig, *, retry: float = 5.0, start_exports: bool = False, **create_kw: Any):
+        self.cfg, self.retry, self.create_kw, self.start_exports = cfg, retry, create_kw, start_exports
+        self.app: Flask | None = None
+        self.error: Exception | None = None
+        self._next_try = 0.0
+        self._lock = threading.Lock()
+        self._build()
+
+    def _build(self) -> None:
+        try:
+            self.app = create_app(self.cfg, **self.create_kw)
+            self.app.extensions["kiosk"].base_store.record_web_address(
+                self.cfg.host, self.cfg.port, public_base_url(self.cfg))
+            if self.start_exports:
+                self.app.extensions["kiosk"].exports.start()
+            self.error = None
+            log.info("web app: the archive is open")
+        except StoreFault as exc:
+            if self.error is None or str(exc) != str(self.error):
+                log.error("web app: cannot open the archive, answering 503 until it can: %s", exc)
+            self.error, self.app = exc, None
+            self._maintenance = maintenance_app(self.cfg, exc)
+        self._next_try = time.monotonic() + self.retry
+
+    def __call__(self, environ: dict, start_response: Any) -> Any:
+        if self.app is None and time.monotonic() >= self._next_try:
+            with self._lock:
+                if self.app is None and time.monotonic() >= self._next_try:
+                    self._build()
+        app = self.app or self._maintenance
+        return app(environ, start_response)
+
+
+def _watchdog_loop(host: str, port: int, stop: threading.Event) -> None:
+    """Ping systemd's watchdog while waitress answers: a GET /healthz on ourselves (any HTTP status counts: the
+    loop answering is what is checked, a 503 for a damaged store must not restart us into the same 503)."""
+    import urllib.error
+    import urllib.request
+
+    target = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    url = f"http://{'[' + target + ']' if ':' in target else target}:{port}/healthz"
+    first = True
+    interval = min(10.0, (service.watchdog_interval() or 20.0) / 4)
+    while not stop.wait(0.2 if first else interval):
+        try:
+            urllib.request.urlopen(url, timeout=5).close()
+        except urllib.error.HTTPError:
+            pass  # it answered
+        except OSError as exc:
+            log.debug("web watchdog: %s did not answer: %s", url, exc)
+            continue
+        if first:
+            service.ready(f"web app on {url.rsplit('/', 1)[0]}")
+            first = False
+        service.watchdog()
+
+
 def serve(cfg: ShowConfig, store: Store | None = None, *, threads: int = 6) -> None:
-    """Run the app with waitress on ``cfg.host:cfg.port`` (blocks)."""
+    """Run the app with waitress on ``cfg.host:cfg.port`` (blocks). A store that cannot be opened gives a 503
+    maintenance page (and a not-ok /healthz) until it can, instead of a crash loop."""
     threads = min(8, max(4, threads))
-    app = create_app(cfg, store)
-    app.extensions["kiosk"].exports.start()
-    srv = make_server(app, cfg.host, cfg.port, threads=threads)
+    guarded = StoreGuardedApp(cfg, start_exports=True, **({"store": store} if store is not None else {}))
+    srv = make_server(guarded, cfg.host, cfg.port, threads=threads)
+    stop = threading.Event()
+    threading.Thread(target=_watchdog_loop, args=(cfg.host, cfg.port, stop), name="web-watchdog", daemon=True).start()
     log.info("web app on http://%s:%d (%d threads)", cfg.host, cfg.port, threads)
     try:
         srv.run()
     finally:
-        app.extensions["kiosk"].exports.stop()
+        stop.set()
+        if guarded.app is not None:
+            guarded.app.extensions["kiosk"].exports.stop()

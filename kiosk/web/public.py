@@ -577,14 +577,11 @@ def api_job(token: str) -> Response:
 
 @bp.get("/healthz")
 def healthz() -> Any:
-    try:
-        store = get_store()
-        workers = store.workers_alive()
-        body = {"ok": True, "store": True, "workers_alive": len(workers),
-                "workers": [{"id": w["id"], "state": w["state"], "device": w["device"]} for w in workers],
-                "queue": store.count_queued(), "running": len(store.running()),
-                "pieces": store.count_pieces(), "time": time.time()}
-        return jsonify(body)
-    except (StoreError, OSError, sqlite3.Error) as exc:
-        log.error("health check failed: %s", exc)
-        return jsonify({"ok": False, "store": False, "error": str(exc)}), 503
+    """ok only when the store can be read and written and passes PRAGMA quick_check; else 503 with the reason."""
+    from kiosk.web import health_report
+
+    body, ok = health_report(get_store(), state().health)
+    resp = jsonify(body)
+    resp.status_code = 200 if ok else 503
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
