@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _notifier = None
 _last_ping = float("-inf")
+_ready_sent = False
 
 
 def _send(message: str) -> None:
@@ -27,6 +28,10 @@ def _send(message: str) -> None:
             import sdnotify
 
             _notifier = sdnotify.SystemdNotifier()
+            if _notifier.socket is not None:
+                # Never block a frame loop on a slow reader: a full socket queue drops the ping instead
+                # (sdnotify ignores the send error), and the next one goes through.
+                _notifier.socket.setblocking(False)
         _notifier.notify(message)
 
 
@@ -44,6 +49,8 @@ def watchdog_interval() -> float | None:
 
 def ready(status: str = "") -> None:
     """Tell systemd the process is up (``Type=notify``)."""
+    global _ready_sent
+    _ready_sent = True
     _send("READY=1" + (f"\nSTATUS={status}" if status else ""))
 
 
@@ -65,3 +72,12 @@ def watchdog() -> None:
         return
     _last_ping = now
     _send("WATCHDOG=1")
+
+
+def loop_alive() -> None:
+    """For a process whose main loop running means it is ready (the display): READY=1 once, then watchdog pings."""
+    global _ready_sent
+    if not _ready_sent:
+        _ready_sent = True
+        ready()
+    watchdog()

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -85,6 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", nargs="+", type=Path, metavar="FILE", help="validate these TOML files")
 
     p = add("status", "queue, workers and archive at a glance")
+
+    p = add("doctor", "check the archive, disk, backups, weights, display, address and QR URL; say what to fix")
+
+    p = add("backup", "copy the store with SQLite's online backup (safe while the show runs); keeps the newest N")
+    p.add_argument("--to", type=Path, help="backup directory (default DATA/backups)")
+    p.add_argument("--keep", type=int, default=14, help="how many backups to keep (default 14)")
+
+    p = add("restore", "put a backup in place of the store (stop the kiosk first: systemctl stop kiosk.target)")
+    p.add_argument("backup", nargs="?", type=Path, help="backup file (default: the newest in DATA/backups)")
+    p.add_argument("--list", action="store_true", help="list the backups and exit")
+    p.add_argument("--force", action="store_true", help="restore a backup of another archive")
 
     p = add("models", "list known model checkpoints and whether they are installed")
     p = add("fetch-models", "download model checkpoints into the weights directory (resumes, verifies)")
@@ -167,30 +179,82 @@ def _exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+class Supervisor:
+    """Runs the demo's background processes and restarts one that dies, with backoff (1 s doubling to 30 s; back
+    to 1 s once a process has stayed up for a minute), as systemd does for an exhibit machine."""
+
+    def __init__(self, specs: dict[str, tuple[list[str], dict]], *, first: float = 1.0, most: float = 30.0,
+                 settle: float = 60.0):
+        self.specs, self.first, self.most, self.settle = specs, first, most, settle
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.restarts: dict[str, int] = {name: 0 for name in specs}
+        self._delay = {name: first for name in specs}
+        self._started: dict[str, float] = {}
+        self._due: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="demo-supervisor", daemon=True)
+
+    def _start(self, name: str) -> None:
+        cmd, kw = self.specs[name]
+        self.procs[name] = subprocess.Popen(cmd, **kw)
+        self._started[name] = time.monotonic()
+        log.info("started %s (pid %d)", name, self.procs[name].pid)
+
+    def start(self) -> "Supervisor":
+        for name in self.specs:
+            self._start(name)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.25):
+            now = time.monotonic()
+            for name, proc in list(self.procs.items()):
+                if proc.poll() is None or self._stop.is_set():
+                    continue
+                if name not in self._due:
+                    if now - self._started[name] > self.settle:
+                        self._delay[name] = self.first
+                    self._due[name] = now + self._delay[name]
+                    log.warning("%s (pid %d) exited with %s; restarting it in %.0f s", name, proc.pid,
+                                proc.returncode, self._delay[name])
+                    self._delay[name] = min(self._delay[name] * 2, self.most)
+                elif now >= self._due[name]:
+                    del self._due[name]
+                    self.restarts[name] += 1
+                    self._start(name)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("pid %d did not stop in time; killing it", proc.pid)
+                proc.kill()
+                proc.wait(timeout=5)
+
+
 def cmd_demo(args: argparse.Namespace, cfg: ShowConfig) -> int:
     from kiosk.display import run as run_display
 
     _exit_on_sigterm()
     exe = [sys.executable, "-m", "kiosk"]
-    children: list[subprocess.Popen] = []
     # The renderer runs at a lower priority so the display holds its frame rate on a small machine.
-    children.append(subprocess.Popen([*exe, "worker", *_child_args(args, cfg)], preexec_fn=lambda: os.nice(10)))
+    specs = {"worker": ([*exe, "worker", *_child_args(args, cfg)], {"preexec_fn": lambda: os.nice(10)})}
     if not args.no_web:
-        children.append(subprocess.Popen([*exe, "web", "--port", str(cfg.port), *_child_args(args, cfg)]))
+        specs["web"] = ([*exe, "web", "--port", str(cfg.port), *_child_args(args, cfg)], {})
         log.info("phone web app: %s", public_base_url(cfg))
+    children = Supervisor(specs).start()
     try:
         run_display(cfg, max_seconds=args.seconds, screenshot=args.screenshot)
     finally:
-        for c in children:
-            if c.poll() is None:
-                c.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 20
-        for c in children:
-            try:
-                c.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("pid %d did not stop in time; killing it", c.pid)
-                c.kill()
+        children.stop()
     return 0
 
 
@@ -248,15 +312,47 @@ def cmd_exhibits(args: argparse.Namespace, cfg: ShowConfig) -> int:
 
 
 def cmd_status(args: argparse.Namespace, cfg: ShowConfig) -> int:
-    from exhibits.store import Store
+    from exhibits.store import Store, pid_alive
 
     store = Store(cfg.data_dir)
-    workers = store.workers_alive()
+    # A worker row whose process has ended (a finished batch, a SIGKILL) is not alive, however fresh its beat.
+    workers = [w for w in store.workers_alive() if pid_alive(w["pid"])]
     print(f"archive: {cfg.data_dir}  pieces: {store.count_pieces()}  queued: {store.count_queued()}")
     print(f"workers alive: {len(workers)}" + "".join(f"\n  {w['id']} {w['state']} {w['device']} {w['message']}" for w in workers))
     for job in store.jobs(["running", "queued", "held"], limit=20):
         print(f"  job {job.id:5d} {job.status:8s} {job.source:8s} {job.exhibit:20s} {job.prompt_text[:50]}")
-    print(f"web app: {public_base_url(cfg)}")
+    listen = store.get_setting("web_listen") or {}
+    if listen and pid_alive(listen.get("pid")):
+        print(f"web app: listening on {listen['host']}:{listen['port']} (pid {listen['pid']}); QR codes: {listen['url']}")
+    else:
+        print(f"web app: not running (QR codes point at {public_base_url(cfg)})")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, cfg: ShowConfig) -> int:
+    from kiosk.doctor import doctor
+
+    report = doctor(cfg)
+    print(report.text())
+    return 1 if report.failed else 0
+
+
+def cmd_backup(args: argparse.Namespace, cfg: ShowConfig) -> int:
+    from exhibits.store import Store
+
+    print(Store(cfg.data_dir).backup(args.to, keep=args.keep))
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, cfg: ShowConfig) -> int:
+    from exhibits.store import list_backups, restore
+
+    if args.list:
+        for b in list_backups(cfg.data_dir):
+            print(f"{b}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(b.stat().st_mtime))}  {b.stat().st_size} bytes")
+        return 0
+    db = restore(cfg.data_dir, args.backup, force=args.force)
+    print(f"restored {db}; check it with: python -m kiosk doctor --data {cfg.data_dir}")
     return 0
 
 
@@ -379,6 +475,7 @@ def cmd_staff_password(args: argparse.Namespace, cfg: ShowConfig) -> int:
 COMMANDS = {
     "demo": cmd_demo, "display": cmd_display, "worker": cmd_worker, "web": cmd_web, "render": cmd_render,
     "exhibits": cmd_exhibits, "status": cmd_status, "models": cmd_models, "fetch-models": cmd_fetch_models,
+    "doctor": cmd_doctor, "backup": cmd_backup, "restore": cmd_restore,
     "export": cmd_export,
     "contact-sheet": cmd_contact_sheet,
     "continue": cmd_continue,

@@ -11,7 +11,9 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-UNITS=(kiosk.target kiosk-display.service kiosk-worker.service kiosk-web.service)
+UNITS=(kiosk.target kiosk-display.service kiosk-worker.service kiosk-web.service kiosk-backup.service kiosk-backup.timer)
+# kiosk-backup.service has no [Install] section: the timer starts it.
+ENABLE_UNITS=(kiosk.target kiosk-display.service kiosk-worker.service kiosk-web.service kiosk-backup.timer)
 
 PREFIX=/opt/kiosk
 RUN_USER=kiosk
@@ -179,7 +181,7 @@ install_text "$ENV_DIR/display.env" 0644 < <(display_env)
 if [[ -n "$ROOT" ]]; then
     # Offline enable: systemctl --root only writes the .wants symlinks under ROOT.
     if [[ $ENABLE -eq 1 ]] && command -v systemctl >/dev/null 2>&1; then
-        run systemctl --root="$ROOT" --quiet enable "${UNITS[@]}"
+        run systemctl --root="$ROOT" --quiet enable "${ENABLE_UNITS[@]}"
     fi
     say "staged under $ROOT; no running systemd was touched"
     exit 0
@@ -189,7 +191,7 @@ if [[ $CHANGED -eq 1 ]]; then
     run systemctl daemon-reload
 fi
 if [[ $ENABLE -eq 1 ]]; then
-    run systemctl enable "${UNITS[@]}"
+    run systemctl enable "${ENABLE_UNITS[@]}"
 fi
 if [[ $START -eq 1 ]]; then
     run systemctl restart kiosk.target

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.timeout(60)
 
 SYSTEMD = Path(__file__).resolve().parents[1] / "systemd"
 INSTALL = SYSTEMD / "install.sh"
-UNITS = ("kiosk.target", "kiosk-display.service", "kiosk-worker.service", "kiosk-web.service")
+UNITS = ("kiosk.target", "kiosk-display.service", "kiosk-worker.service", "kiosk-web.service",
+         "kiosk-backup.service", "kiosk-backup.timer")
 SERVICES = {"kiosk-display.service": "display", "kiosk-worker.service": "worker", "kiosk-web.service": "web"}
 PLACEHOLDERS = {"@PREFIX@", "@USER@", "@DATA@", "@CONFIG@"}
 
@@ -92,8 +93,19 @@ def test_unit_templates_have_required_keys():
         assert seconds(one(svc["Service"], "RestartSec")) >= 1
         assert one(svc["Service"], "ExecStart") == f"@PREFIX@/.venv/bin/python -m kiosk {command} --config @CONFIG@"
         assert one(svc["Service"], "KillSignal") == "SIGTERM"
+    for unit in SERVICES:  # watchdog, start limits and stop timeouts on every long-running service
+        svc, head = parsed[unit]["Service"], parsed[unit]["Unit"]
+        assert one(svc, "Type") == "notify" and one(svc, "NotifyAccess") == "main"
+        assert 10 <= seconds(one(svc, "WatchdogSec")) <= 600
+        assert seconds(one(svc, "TimeoutStopSec")) >= 10 and seconds(one(svc, "TimeoutStartSec")) >= 30
+        assert seconds(one(head, "StartLimitIntervalSec")) >= 300 and int(one(head, "StartLimitBurst")) >= 10
     worker = parsed["kiosk-worker.service"]["Service"]
     assert seconds(one(worker, "TimeoutStopSec")) >= 60  # room to checkpoint on SIGTERM
+    assert seconds(one(worker, "TimeoutStartSec")) >= 600  # the first load of big checkpoints
+    backup = parsed["kiosk-backup.service"]["Service"]
+    assert one(backup, "Type") == "oneshot" and " -m kiosk backup --config @CONFIG@" in one(backup, "ExecStart")
+    timer = parsed["kiosk-backup.timer"]
+    assert one(timer["Timer"], "Persistent") == "true" and one(timer["Install"], "WantedBy") == "timers.target"
     display = parsed["kiosk-display.service"]
     assert "graphical.target" in one(display["Unit"], "After").split()
     envs = every(display["Service"], "Environment")
@@ -138,6 +150,7 @@ def test_staged_install_is_complete_and_idempotent(layout):
         assert (unit_dir / "graphical.target.wants" / "kiosk.target").is_symlink()
         for unit in SERVICES:
             assert (unit_dir / "kiosk.target.wants" / unit).is_symlink()
+        assert (unit_dir / "timers.target.wants" / "kiosk-backup.timer").is_symlink()
     assert proc.stdout.count("wrote ") == len(UNITS) + 2  # units, display.env, kiosk.toml
 
     mtimes = {p: p.stat().st_mtime_ns for p in unit_dir.glob("*.*")}

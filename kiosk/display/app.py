@@ -27,6 +27,7 @@ from typing import Callable
 
 import pygame
 
+from exhibits import service
 from exhibits.show import ShowConfig, is_open, public_base_url
 from exhibits.store import Store
 from kiosk.display import render
@@ -459,6 +460,7 @@ def run(cfg: ShowConfig, store: Store | None = None, *, max_frames: int | None =
     try:
         while display.running:
             display.tick()
+            service.loop_alive()  # READY=1, then systemd's watchdog: a frozen display gets restarted
             if max_frames is not None and display.stats.ticks >= max_frames:
                 break
             if max_seconds is not None and time.monotonic() - started >= max_seconds:
