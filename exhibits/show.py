@@ -64,6 +64,7 @@ class ShowConfig:
     playlist_interval: float = 20.0  # at least this many seconds between playlist pieces (taps/visitors: at once)
     keep_playlist_pieces: int = 5000  # older playlist pieces are pruned (visitors' and curated ones never)
     min_free_mb: int = 1024  # below this much free disk the playlist pauses
+    worker_lease: float = 30.0  # seconds a job stays with a worker that stopped answering before it is re-queued
 
     @property
     def dwell(self) -> float:
@@ -99,6 +100,7 @@ _TYPES = {
     "hide_cursor": (bool, "true or false"), "drift_pixels": (int, "a whole number of pixels"),
     "refresh_minutes": ((int, float), "a number of minutes"),
     "opening_hours": ((str, list), 'opening times like "10:00-18:00" or ["10:00-13:00", "14:00-20:00"]'),
+    "worker_lease": ((int, float), "a number of seconds"),
 }
 
 

@@ -551,6 +551,19 @@ class Store:
                 c.execute("UPDATE jobs SET status='queued', deaths=?, worker=NULL, lease_until=NULL WHERE id=?",
                           (deaths, row["id"]))
                 log.warning("job %d re-queued: the lease of worker %s ran out", row["id"], row["worker"])
+            self._sweep_job_files(c, row["id"])
+
+    def _sweep_job_files(self, c: sqlite3.Connection, job_id: int) -> None:
+        """Remove piece files a killed worker left for ``job_id`` (written, but its row never committed; or a
+        half-written temporary file). Only called while nobody holds the job, so nothing in progress is touched."""
+        recorded = set()
+        for row in c.execute("SELECT image_path, thumb_path, extra FROM pieces WHERE job_id=?", (job_id,)):
+            recorded.update(p for p in (row["image_path"], row["thumb_path"], *json.loads(row["extra"]).values()) if p)
+        for pattern in (f"*/job{job_id:06d}-*", f"*/.job{job_id:06d}-*"):
+            for f in self.pieces_dir.glob(pattern):
+                if str(f.relative_to(self.root)) not in recorded:
+                    f.unlink(missing_ok=True)
+                    log.info("removed %s: left by a worker that died writing job %d", f, job_id)
 
     def requeue_expired(self) -> None:
         with self._tx() as c:
@@ -770,6 +783,7 @@ class Store:
         image_rel = f"pieces/{stem}.png"
         thumb_rel = f"pieces/{stem}.thumb.jpg"
         self._owned(self.conn, job.id, worker)  # early refusal; the final check is in the transaction below
+        self._sweep_job_files(self.conn, job.id)  # what an earlier, killed attempt at this job left behind
         written: list[Path] = []
         try:
             written.append(atomic_write_bytes(self.root / image_rel, data))
@@ -975,8 +989,8 @@ class Store:
             recorded.update(p for p in (row["image_path"], row["thumb_path"], *json.loads(row["extra"]).values()) if p)
             if not self._image_exists(row):
                 missing.append((row["id"], row["image_path"]))
-        orphans = sorted(rel for f in self.pieces_dir.rglob("*") if f.is_file() and not f.name.startswith(".")
-                         and (rel := str(f.relative_to(self.root))) not in recorded)
+        orphans = sorted(rel for f in self.pieces_dir.rglob("*")  # half-written temporary files count too
+                         if f.is_file() and (rel := str(f.relative_to(self.root))) not in recorded)
         return missing, orphans
 
     # -- backups ------------------------------------------------------------

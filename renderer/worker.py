@@ -67,11 +67,11 @@ class WorkerStats:
 
 class Worker:
     def __init__(self, cfg: ShowConfig, store: Store | None = None, *, worker_id: str | None = None,
-                 lease: float = 30.0, poll: float = 0.25, top_up: bool = True, batch: str | None = None):
+                 lease: float | None = None, poll: float = 0.25, top_up: bool = True, batch: str | None = None):
         self.cfg = cfg
         self.store = store or Store(cfg.data_dir)
         self.id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
-        self.lease = lease
+        self.lease = lease if lease is not None else cfg.worker_lease
         self.poll = poll
         self.top_up = top_up
         self.batch = batch
