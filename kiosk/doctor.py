@@ -55,7 +55,7 @@ class Report:
 
 
 def _mb(n: float) -> str:
-    return f"{n / 2**20:,.0f} MB" if n < 2**30 else f"{n / 2**30:,.1f} GB"
+    return f"{n / 2**20:,.1f} MB" if n < 2**30 else f"{n / 2**30:,.1f} GB"
 
 
 def check_store(cfg: ShowConfig, r: Report) -> Store | None:

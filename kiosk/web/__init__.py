@@ -42,7 +42,7 @@ MAX_ID = 2**63 - 1  # SQLite's INTEGER
 MAX_JSON_DEPTH = 8
 CSRF_MESSAGE = "the form has expired or did not come from this site: reload the page and try again"
 STORE_DOWN = ("The archive is not available right now, so pieces and prompts have to wait. The gallery staff "
-              "can see why; please try again in a minute.")
+              "can see why.")
 STORE_RETRY_AFTER = 30
 INTEGRITY_EVERY = 60.0  # seconds between PRAGMA quick_check runs for /healthz
 
@@ -231,10 +231,16 @@ def _store_fault_response(message: str, detail: str) -> Any:
             body["detail"] = detail
         resp = jsonify(body)
     else:
+        # Plain markup on the site's stylesheet: no template, so it renders whatever state the app is in.
         extra = f"<p><code>{html.escape(detail)}</code></p>" if show_detail else ""
         resp = current_app.response_class(
-            f"<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
-            f"<title>Please wait</title><h1>{html.escape(message)}</h1>{extra}", mimetype="text/html")
+            "<!doctype html><html lang=en><head><meta charset=utf-8>"
+            "<meta name=viewport content='width=device-width, initial-scale=1'><meta name=color-scheme content=dark>"
+            "<title>Please wait</title><link rel=stylesheet href='/static/style.css'></head><body>"
+            "<header class=top><span class=brand>Gallery</span></header><main><section class=error-page>"
+            f"<p class=eyebrow>503 · Please wait</p><h1 class=section-title>{html.escape(message)}</h1>"
+            f"<p class=retry>Try again in <strong>{STORE_RETRY_AFTER}</strong> seconds.</p>{extra}"
+            "</section></main></body></html>", mimetype="text/html")
     resp.status_code = 503
     resp.headers["Retry-After"] = str(STORE_RETRY_AFTER)
     resp.headers["Cache-Control"] = "no-store"
