@@ -226,7 +226,8 @@ def _store_fault_response(message: str, detail: str) -> Any:
     """503 with a plain message for visitors; /healthz and staff pages also get the file and what is wrong."""
     show_detail = request.path == "/healthz" or request.path.startswith("/staff")
     if wants_json():
-        body: dict[str, Any] = {"error": message, "status": 503, "ok": False, "store": False}
+        body: dict[str, Any] = {"error": message, "status": 503, "ok": False, "store": False,
+                                "retry_after": STORE_RETRY_AFTER}
         if show_detail:
             body["detail"] = detail
         resp = jsonify(body)
