@@ -160,7 +160,7 @@ def render_batch(cfg: ShowConfig, exhibit: str, *, count: int | None = 1, seed: 
             job = store.claim(worker.id, exhibits=[exhibit], lease=worker.lease, batch=batch)
             if job is None:
                 break
-            worker.process(job)
+            worker.process_through_full_disks(job)
             bar.n = batch_progress(store, batch)[0]
             bar.refresh()
     done, total = batch_progress(store, batch)

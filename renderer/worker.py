@@ -296,7 +296,7 @@ class Worker:
                         break
                     nudge.wait(self.poll) if nudge is not None else self._stop.wait(self.poll)
                     continue
-                self._process_through_full_disks(job)
+                self.process_through_full_disks(job)
                 idle_since = time.monotonic()
         finally:
             if nudge is not None:
@@ -305,7 +305,7 @@ class Worker:
             service.stopping()
         return self.stats
 
-    def _process_through_full_disks(self, job: Job) -> None:
+    def process_through_full_disks(self, job: Job) -> None:
         """Process ``job``; when the disk fills up meanwhile, keep it (its checkpoint stays on disk, nothing is
         counted against it), wait until there is room and carry on with it."""
         while True:
