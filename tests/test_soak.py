@@ -25,6 +25,7 @@ import pytest
 
 from exhibits.store import Store
 from kiosk.cli import Supervisor
+from tests.phone_helpers import Phone
 
 ROOT = Path(__file__).resolve().parents[1]
 SOAK_SECONDS = float(os.environ.get("KIOSK_SOAK_SECONDS", "20"))
@@ -55,6 +56,7 @@ class Visitors(threading.Thread):
     def __init__(self, base: str, rng: random.Random):
         super().__init__(name="visitors", daemon=True)
         self.base, self.rng = base, rng
+        self.phones = [Phone(base, timeout=5) for _ in range(4)]
         self.accepted: dict[str, str] = {}  # token -> prompt
         self.answers: Counter = Counter()
         self.stop = threading.Event()
@@ -64,17 +66,15 @@ class Visitors(threading.Thread):
         while not self.stop.wait(self.rng.uniform(0.1, 0.4)):
             n += 1
             text = f"soak prompt {n} {self.rng.choice(['fire', 'ice', 'a quiet lake', 'Kelp Forest'])}"
-            req = urllib.request.Request(f"{self.base}/api/submit", json.dumps({"prompt": text}).encode(),
-                                         {"Content-Type": "application/json"})
+            phone = self.phones[n % len(self.phones)]
             try:
-                with urllib.request.urlopen(req, timeout=5) as r:
-                    self.answers[r.status] += 1
-                    if r.status == 201:
-                        self.accepted[json.loads(r.read())["token"]] = text
-            except urllib.error.HTTPError as e:
-                self.answers[e.code] += 1
+                status, body, _ = phone.submit(text)
             except OSError:  # the web app is down (killed) or restarting: the visitor tries again
                 self.answers["no answer"] += 1
+                continue
+            self.answers[status] += 1
+            if status == 201:
+                self.accepted[json.loads(body)["token"]] = text
 
 
 def test_soak_random_kills_lose_nothing(tmp_path):

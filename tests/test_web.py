@@ -232,8 +232,8 @@ def test_api_submit_and_job_json(web):
     assert f'href="/p/{piece.id}"' in c.get(f"/job/{token}").get_data(as_text=True)
 
 
-def test_failed_job_tells_the_visitor_in_plain_words_and_staff_the_reason(web):
-    _, c, store, _ = web
+def test_failed_job_tells_the_visitor_in_plain_words_and_staff_the_reason(store):
+    c = _app(store, staff_password="hunter2").test_client()
     r = api_submit(c, {"prompt": "doomed"})
     job = store.claim("vm:13134")
     store.fail(job.id, "vm:13134", "RuntimeError: CUDA out of memory on vm:13134")
@@ -241,7 +241,8 @@ def test_failed_job_tells_the_visitor_in_plain_words_and_staff_the_reason(web):
     said = c.get(f"/api/job/{r.json['token']}").json["error"]
     assert "could not make this piece" in page and "staff can try it again" in said
     assert not any("vm:13134" in t or "CUDA" in t for t in (page, said))  # no host, pid or traceback for visitors
-    assert "CUDA out of memory" in c.get("/staff/").get_data(as_text=True)  # staff see why (127.0.0.1, no password)
+    assert _staff_login(c).status_code == 303
+    assert "CUDA out of memory" in c.get("/staff/").get_data(as_text=True)  # staff see why
 
 
 def test_rate_limit_429_says_when_to_try_again(store):
