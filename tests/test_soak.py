@@ -26,6 +26,7 @@ import pytest
 from exhibits.store import Store
 from kiosk.cli import Supervisor
 from tests.phone_helpers import Phone
+from tests.test_worker import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SOAK_SECONDS = float(os.environ.get("KIOSK_SOAK_SECONDS", "20"))
@@ -109,7 +110,7 @@ min_free_mb = 1
     visitors = Visitors(f"http://127.0.0.1:{port}", rng)
     kills: Counter = Counter()
     try:
-        _wait(lambda: _get(f"http://127.0.0.1:{port}/healthz") == 200, 60, "the web app")
+        wait_for(lambda: _get(f"http://127.0.0.1:{port}/healthz") == 200, 60, "the web app")
         visitors.start()
         end = time.monotonic() + SOAK_SECONDS
         while time.monotonic() < end:
@@ -128,7 +129,7 @@ min_free_mb = 1
         def all_made() -> bool:
             return all((j := store.job_by_token(t)) is not None and j.status == "done" for t in visitors.accepted)
 
-        _wait(all_made, 60, "every accepted prompt's piece")
+        wait_for(all_made, 60, "every accepted prompt's piece")
     finally:
         visitors.stop.set()
         sup.stop(timeout=20)
@@ -168,12 +169,3 @@ def _get(url: str) -> int | None:
         return e.code
     except OSError:
         return None
-
-
-def _wait(pred, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")

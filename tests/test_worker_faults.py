@@ -18,6 +18,7 @@ import pytest
 
 from exhibits.show import ShowConfig
 from exhibits.store import MAX_WORKER_DEATHS, Store
+from tests.test_worker import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "KIOSK_GENERATORS": "tests.plugins.stepwise", "PYTHONPATH": str(ROOT)}
@@ -45,16 +46,6 @@ w = Worker(cfg, lease=0.6, poll=0.05, top_up=False)
 w.install_signal_handlers()
 w.run(idle_exit=30)
 """
-
-
-def wait_for(pred, timeout=30.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_job_that_keeps_killing_workers_is_held_and_the_others_go_on(tmp_path):

@@ -6,9 +6,7 @@ import logging
 import random
 import re
 import secrets
-import sqlite3
 import threading
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
