@@ -116,6 +116,8 @@ w.backoff_first, w.backoff_max = 0.05, 0.3
 w.setup()
 t = threading.Thread(target=w.run, kwargs={"idle_exit": 60}, daemon=True)
 t.start()
+from kiosk.web import create_app  # the phone web app, running on the same disk when it fills up
+client = create_app(cfg, Store(data), testing=True).test_client()
 
 # 1. the disk fills up while a visitor's piece is being made (its checkpoint write fails)
 a = store.submit("stepwise", source="visitor", prompt_text="made on a full disk", max_attempts=3)
@@ -130,6 +132,11 @@ try:
     out["submit_while_full"] = "accepted"
 except StoreUnavailableError as exc:
     out["submit_while_full"] = f"refused disk_full={exc.disk_full}"
+token = client.get("/api/session").get_json()["csrf_token"]
+r = client.post("/api/submit", json={"prompt": "from a phone while full"}, headers={"X-CSRFToken": token})
+h = client.get("/healthz")
+out["web_while_full"] = [r.status_code, int(r.headers.get("Retry-After", 0)) > 0, h.status_code, h.get_json()["ok"],
+                         "disk is full" in h.get_json().get("error", "")]
 filler.unlink()
 wait(lambda: store.get_job(a.id).status == "done", 60)
 j = store.get_job(a.id)
@@ -179,6 +186,8 @@ def test_a_full_disk_pauses_work_without_using_attempts_and_it_resumes_when_spac
     assert r.returncode == 0 and lines, r.stdout + r.stderr[-4000:]
     out = json.loads(lines[0][7:])
     assert out["a_while_full"] == ["running", 0, 0], out  # kept, paused, nothing counted, not failed
+    assert out["submit_while_full"] == "refused disk_full=True", out
+    assert out["web_while_full"] == [503, True, 503, False, True], out  # 503 with Retry-After, never 500
     assert out["a_after"] == ["done", 0, 0, True], out
     assert out["b_while_full"] == ["running", 0, 1], out  # the finished picture waits, its lease kept
     assert out["b_after"] == ["done", 0, 0, True], out
