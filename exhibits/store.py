@@ -830,12 +830,13 @@ class Store:
 
     def get_piece(self, piece_id: int, *, include_hidden: bool = False) -> Piece | None:
         row = self.conn.execute("SELECT * FROM pieces WHERE id=?", (piece_id,)).fetchone()
-        if row is None or (not include_hidden and (row["hidden"] or not self._image_exists(row))):
+        if row is None or (row["hidden"] and not include_hidden):
             return None
         return Piece.from_row(row)
 
     def _image_exists(self, row: sqlite3.Row) -> bool:
-        """The piece's image is on disk (a row whose file was deleted is hidden, and `kiosk doctor` reports it)."""
+        """The piece's image is on disk (a row whose file was deleted is left out of listings, and `kiosk doctor`
+        reports it; its own page, reached by an old QR code, says the image is missing)."""
         try:
             return self.path(row["image_path"]).is_file()
         except StoreError:

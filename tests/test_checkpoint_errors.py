@@ -57,10 +57,10 @@ def test_stylegan_loader_refuses_bad_files_of_every_format(tmp_path):
 
 
 def test_vqgan_loader_refuses_bad_files(tmp_path):
-    from renderer.vqgan_clip.vqgan import read_lightning_state_dict
-    from tests.vqgan_helpers import write_tiny_vqgan
+    from renderer.vqgan_clip.vqgan import VQGAN, read_lightning_state_dict, save_lightning_checkpoint, tiny_config
 
-    good, _ = write_tiny_vqgan(tmp_path / "vq")
+    # (not tests.vqgan_helpers.write_tiny_vqgan: its stand-in Lightning module would leak into a later real import)
+    good = save_lightning_checkpoint(VQGAN(tiny_config()).eval(), tmp_path / "good.ckpt", {})
     for what, path in _variants(good, tmp_path, ".ckpt").items():
         with pytest.raises(CheckpointError) as err:
             read_lightning_state_dict(path)
