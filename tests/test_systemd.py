@@ -106,6 +106,7 @@ def test_unit_templates_have_required_keys():
     assert one(backup, "Type") == "oneshot" and " -m kiosk backup --config @CONFIG@" in one(backup, "ExecStart")
     timer = parsed["kiosk-backup.timer"]
     assert one(timer["Timer"], "Persistent") == "true" and one(timer["Install"], "WantedBy") == "timers.target"
+    assert one(parsed["kiosk-display.service"]["Service"], "RestartPreventExitStatus") == "4"  # a staff quit
     display = parsed["kiosk-display.service"]
     assert "graphical.target" in one(display["Unit"], "After").split()
     envs = every(display["Service"], "Environment")
