@@ -151,6 +151,10 @@ class _Reader:
                 raise ConfigError(self.path, self.key(k), f"one of {', '.join(sorted(allowed))} (unknown key)")
 
 
+# Generators that make a piece in one pass; every other (the CLIP-steered family) optimises, checkpoints
+# and can be pre-empted by a tap.  An exhibit's ``[generator] instant`` overrides this.
+INSTANT_GENERATORS = frozenset({"default", "stylegan"})
+
 TOP_KEYS = {"title", "series", "description", "weight", "canvas", "prompts", "generator", "sigma"}
 
 
@@ -186,7 +190,7 @@ def load_exhibit(path: str | Path, *, known_generators: set[str] | None = None) 
     generator = gen.text("name")
     if known_generators is not None and generator not in known_generators:
         raise ConfigError(path, "generator.name", f"one of {', '.join(sorted(known_generators))}", generator)
-    instant = gen.get("instant", bool, "true or false", default=generator != "vqgan_clip")
+    instant = gen.get("instant", bool, "true or false", default=generator in INSTANT_GENERATORS)
     settings = {k: v for k, v in gen.data.items() if k not in ("name", "instant")}
 
     pr = r.table("prompts")

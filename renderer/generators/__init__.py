@@ -20,6 +20,9 @@ BUILTIN = (
     "renderer.dvae.generator",
     "renderer.deepdream.generator",
     "renderer.diffusion.generator",
+    "renderer.family.pixels",
+    "renderer.family.siren",
+    "renderer.family.clipdraw",
 )
 
 _loaded = False
