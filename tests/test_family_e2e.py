@@ -19,7 +19,24 @@ from exhibits.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY_DIR = ROOT / "exhibits" / "family"
-EXHIBITS = ("pixels-tiny", "fourier-tiny", "siren-tiny", "clipdraw-tiny")
+EXHIBITS = ("pixels-tiny", "fourier-tiny", "siren-tiny", "clipdraw-tiny", "stylegan-clip-tiny")
+STYLEGAN_CLIP_TOML = """title = "StyleGAN+CLIP (tiny random models)"
+series = "The CLIP-steered family: pipeline test"
+[canvas]
+width = 64
+height = 64
+[generator]
+name = "stylegan_clip"
+checkpoint = "{checkpoint}"
+space = "w"
+clip_models = ["tiny"]
+steps = 12
+cutouts = 8
+checkpoint_every = 4
+progress_every = 1
+timelapse = 2
+timelapse_format = "both"
+"""
 PROMPTS = [["a lighthouse in a storm", 1.0], ["blurry", -0.3]]
 
 
@@ -27,8 +44,15 @@ PROMPTS = [["a lighthouse in a storm", 1.0], ["blurry", -0.3]]
 def finished(tmp_path_factory):
     from renderer.worker import Worker
 
-    data = tmp_path_factory.mktemp("family") / "data"
-    cfg = ShowConfig(data_dir=data, exhibits=EXHIBITS, exhibit_dirs=(FAMILY_DIR,), device="cpu")
+    from tests.stylegan_helpers import tiny_sg2
+    from tests.stylegan_mapping_helpers import mapping_tensors, write_nvlabs_with_mapping
+
+    root = tmp_path_factory.mktemp("family")
+    data = root / "data"
+    (root / "exhibits").mkdir()
+    ckpt = write_nvlabs_with_mapping(tiny_sg2(res=32), mapping_tensors(), root / "tiny_sg2.pkl")
+    (root / "exhibits" / "stylegan_clip_tiny.toml").write_text(STYLEGAN_CLIP_TOML.format(checkpoint=ckpt.as_posix()))
+    cfg = ShowConfig(data_dir=data, exhibits=EXHIBITS, exhibit_dirs=(FAMILY_DIR, root / "exhibits"), device="cpu")
     worker = Worker(cfg, Store(data), lease=10.0, poll=0.02, top_up=False)
     worker.setup()
     assert sorted(worker.runnable()) == sorted(EXHIBITS)
@@ -46,10 +70,12 @@ def test_each_generator_makes_a_piece_through_the_worker(finished, exhibit):
     assert job.status == "done", job.error
     piece = store.get_piece(job.piece_id)
     meta = read_png_meta(store.path(piece.image_path))
-    generator = exhibit.removesuffix("-tiny")
+    generator = exhibit.removesuffix("-tiny").replace("-", "_")
     assert meta["generator"] == generator and meta["steps_done"] == 12
     assert "tiny random-initialised CLIP" in meta["label"] and piece.label == meta["label"]
     assert [m["name"] for m in meta["models"]["clip"]] == ["tiny"]
+    if generator == "stylegan_clip":
+        assert meta["models"]["stylegan"]["format"] == "nvlabs" and meta["space"] == "w"
     assert meta["prompts"] == PROMPTS and (piece.width, piece.height) == (64, 64)
     with Image.open(store.path(piece.image_path)) as im:
         assert im.size == (64, 64) and np.asarray(im.convert("RGB")).std() > 2  # a picture, not a flat grey

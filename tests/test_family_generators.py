@@ -1,4 +1,7 @@
-"""Every weights-free member of the CLIP-steered family on the shared loop, with a tiny random CLIP.
+"""Every member of the CLIP-steered family on the shared loop, with a tiny random CLIP.
+
+StyleGAN+CLIP runs on a tiny random-initialised StyleGAN2 written as an NVlabs pickle
+with its mapping network (tests/stylegan_mapping_helpers.py).
 
 For each generator: gradients reach every parameter tensor, the loss falls on a
 fixed target, a cancelled render resumes bit-identically, and settings are
@@ -22,13 +25,27 @@ FAMILY = {
     "fourier": {"lr": 0.05},
     "siren": {"layers": 3, "hidden": 32, "lr": 1e-3},
     "clipdraw": {"strokes": 24, "lr": 1.0, "samples": 8},
+    "stylegan_clip": {"lr": 0.05},
 }
+CHECKPOINT: dict[str, str] = {}
 # Learning rates for the fixed-target descent (a whole-image CLIP embedding target, no cutouts).
-TARGET_LR = {"pixels": 0.1, "fourier": 0.1, "siren": 2e-3, "clipdraw": 1.0}
+TARGET_LR = {"pixels": 0.1, "fourier": 0.1, "siren": 2e-3, "clipdraw": 1.0, "stylegan_clip": 0.1}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_stylegan(tmp_path_factory):
+    from tests.stylegan_helpers import tiny_sg2
+    from tests.stylegan_mapping_helpers import mapping_tensors, write_nvlabs_with_mapping
+
+    path = write_nvlabs_with_mapping(tiny_sg2(res=32), mapping_tensors(), tmp_path_factory.mktemp("sg") / "tiny.pkl")
+    CHECKPOINT["stylegan_clip"] = str(path)
+    yield
+    CHECKPOINT.clear()
 
 
 def settings(name, **kw):
-    return {**BASE, **FAMILY[name], **kw}
+    extra = {"checkpoint": CHECKPOINT[name]} if name in CHECKPOINT else {}
+    return {**BASE, **FAMILY[name], **extra, **kw}
 
 
 @pytest.mark.parametrize("name", sorted(FAMILY))
@@ -86,12 +103,15 @@ def test_init_image_and_bf16_autocast(tmp_path, name):
     arr[:, :24] = (200, 40, 40)
     Image.fromarray(arr).save(init)
     ctx = tiny_ctx(tmp_path, dtype=torch.bfloat16)
-    extra = {"init_fit_steps": 60} if name == "siren" else {}
+    extra = {"init_fit_steps": 60} if name == "siren" else {"init_fit_steps": 25} if name == "stylegan_clip" else {}
     res = build(name, settings(name, steps=1, **extra), ctx).render(request(init_image=str(init)), ctx)
     assert all(np.isfinite(v) for v in res.meta["losses"].values())
     out = np.asarray(res.image).astype(float)
     if name in ("pixels", "fourier"):  # exact inversion of the picture into the parameters, one step later
         assert np.abs(out - arr).mean() < 12
+    elif name == "stylegan_clip":  # W fitted to the picture first: closer to it than the unfitted start
+        assert np.abs(out - arr).mean() < np.abs(np.asarray(build(name, settings(name, steps=1), ctx).render(
+            request(), ctx).image).astype(float) - arr).mean()
     elif name == "siren":  # fitted to the picture before CLIP takes over: left redder than right
         assert out[:, :20, 0].mean() > out[:, 28:, 0].mean() + 40
 
@@ -100,7 +120,8 @@ def test_init_image_and_bf16_autocast(tmp_path, name):
     ("pixels", "decorrelate", 1, "true or false"), ("fourier", "decay_power", -1, "decay_power"),
     ("siren", "layers", 0, "an integer from 1 to 64"), ("clipdraw", "background", [2, 0, 0], "each in 0..1"),
     ("clipdraw", "strokes", 1.5, "strokes"), ("siren", "colour", 1, "unknown setting"),
-    ("pixels", "panorama", "zigzag", "smoothstep")])
+    ("pixels", "panorama", "zigzag", "smoothstep"), ("stylegan_clip", "space", "z", "w, w\\+"),
+    ("stylegan_clip", "checkpoint", "", "a non-empty text"), ("stylegan_clip", "checkpoint", "nope.pkl", "not found")])
 def test_bad_settings_are_named(tmp_path, name, key, value, needle):
     with pytest.raises(GeneratorUnavailable, match=needle) as err:
         build(name, settings(name, **{key: value}), tiny_ctx(tmp_path))

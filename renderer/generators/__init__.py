@@ -23,6 +23,7 @@ BUILTIN = (
     "renderer.family.pixels",
     "renderer.family.siren",
     "renderer.family.clipdraw",
+    "renderer.family.stylegan_clip",
 )
 
 _loaded = False
