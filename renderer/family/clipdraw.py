@@ -32,6 +32,7 @@ import torch
 from exhibits.files import atomic_path
 from renderer.base import RenderContext, register
 from renderer.guidance.host import Canvas, GuidanceSettings, GuidedGenerator
+from renderer.guidance.motion import warp_points
 
 CHUNK_ELEMENTS = 1 << 23  # distance entries per chunk (32 MiB in float32, plus autograd's copies)
 
@@ -177,8 +178,13 @@ class ClipDrawGenerator(GuidedGenerator):
                 Path(tmp).write_text(to_svg(c, w, col, background, height, width), encoding="utf-8")
             return {"drawing": dest}
 
+        def warp(ps: Sequence[torch.Tensor], matrix: torch.Tensor) -> None:
+            c, w, _ = ps
+            c.copy_(warp_points(c, matrix))
+            w.mul_(float(torch.linalg.det(matrix[:, :2].double()).abs().sqrt()))
+
         return Canvas(params=params, image=image, constrain=constrain, lr_scale=[1.0, 0.1, 0.01],
-                      save_extra=save_extra, meta={"strokes": s.strokes})
+                      save_extra=save_extra, warp=warp, meta={"strokes": s.strokes})
 
 
 @register("clipdraw")

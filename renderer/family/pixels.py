@@ -24,6 +24,7 @@ import torch
 
 from renderer.base import RenderContext, register
 from renderer.guidance.host import Canvas, GuidanceSettings, GuidedGenerator
+from renderer.guidance.motion import warp_image
 
 # Lucid's colour_correlation_svd_sqrt (ImageNet), normalised by the largest column norm.
 _COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
@@ -94,7 +95,12 @@ class PixelsGenerator(GuidedGenerator):
         else:
             p = rgb_to_decorrelated(init.cpu(), s.decorrelate)
         p = p.to(device).requires_grad_(True)
-        return Canvas(params=p, image=lambda q: decorrelated_to_rgb(q, s.decorrelate))
+
+        def warp(q: torch.Tensor, matrix: torch.Tensor) -> None:
+            moved = warp_image(decorrelated_to_rgb(q, s.decorrelate), matrix)
+            q.copy_(rgb_to_decorrelated(moved, s.decorrelate))
+
+        return Canvas(params=p, image=lambda q: decorrelated_to_rgb(q, s.decorrelate), warp=warp)
 
 
 class FourierGenerator(GuidedGenerator):
@@ -116,7 +122,11 @@ class FourierGenerator(GuidedGenerator):
         def image(q: torch.Tensor) -> torch.Tensor:
             return decorrelated_to_rgb(fourier_to_image(q, scale, height, width), s.decorrelate)
 
-        return Canvas(params=spec, image=image, meta={"spectrum_scale_max": round(float(scale.max()), 3)})
+        def warp(q: torch.Tensor, matrix: torch.Tensor) -> None:
+            moved = warp_image(image(q), matrix)
+            q.copy_(image_to_fourier(rgb_to_decorrelated(moved, s.decorrelate), scale))
+
+        return Canvas(params=spec, image=image, warp=warp)
 
 
 @register("pixels")

@@ -30,6 +30,7 @@ import torch
 
 from exhibits.files import sha256_file
 from renderer.base import GeneratorUnavailable, RenderContext, RenderRequest, RenderResult
+from renderer.guidance import motion
 from renderer.guidance.loop import LR_SCHEDULES, TIMELAPSE_FORMATS, Hooks, OptimConfig, Problem, optimise, to_pil
 from renderer.vqgan_clip.clip_guidance import ClipModel, clip_checkpoint_name, clip_weights_path, load_clip
 from renderer.vqgan_clip.cutouts import AugmentConfig
@@ -62,6 +63,8 @@ class GuidanceSettings:
     seed: int | None = None
     amp: bool = True
     init_image: str | None = None
+    story: Any = None  # see renderer.guidance.motion
+    zoom: Any = None
 
     @property
     def tiny(self) -> bool:
@@ -124,6 +127,12 @@ def _check_common(name: str, d: dict[str, Any]) -> None:
             raise _bad(name, key, d[key], "true or false")
     if "seed" in d and d["seed"] is not None and not _is_int(d["seed"]):
         raise _bad(name, "seed", d["seed"], "an integer")
+    for key, parse in (("story", motion.parse_story), ("zoom", motion.parse_zoom)):
+        if d.get(key) is not None:
+            try:
+                parse(d[key])
+            except ValueError as exc:
+                raise _bad(name, key, d[key], str(exc)) from None
 
 
 def _check_own(name: str, f: Any, d: dict[str, Any]) -> None:
@@ -218,6 +227,8 @@ class Canvas:
     lr_scale: Sequence[float] | None = None
     save_extra: Callable[[Any, Path], dict[str, Path]] | None = None  # (params, work_dir) -> extra files
     meta: dict = field(default_factory=dict)
+    # Set the parameters from the current picture moved by a (2, 3) pixel affine (zoom mode); None: no zoom.
+    warp: Callable[[Any, torch.Tensor], None] | None = None
 
 
 class GuidedGenerator:
@@ -307,7 +318,8 @@ class GuidedGenerator:
         self.prepare(s)
         ids = self.model_ids(s)
         clips = [self._clip(spec) for spec in s.clip_models]
-        prompts = [(t, float(w)) for t, w in req.prompts if float(w) != 0.0]
+        story = motion.story_schedule(motion.parse_story(s.story), s.steps) if s.story else None
+        prompts = story[0][1] if story else [(t, float(w)) for t, w in req.prompts if float(w) != 0.0]
         if not prompts:
             raise ValueError(f"job {req.job_id}: generator {self.name!r} needs at least one prompt with a "
                              "non-zero weight")
@@ -322,14 +334,22 @@ class GuidedGenerator:
         init = read_init_image(init_path, width, height, device) if init_path else None
         canvas = self.make_canvas(s, width, height, gen, device, init, init_path)
         terms = self.clip_terms(s, [c for c, _ in clips], prompts, gen, device, init_path is not None)
+        if story:
+            chapters = [(start, terms[0] if i == 0 else self.clip_terms(s, [c for c, _ in clips], ps, gen, device,
+                                                                          init_path is not None)[0])
+                        for i, (start, ps) in enumerate(story)]
+            terms = [motion.StoryTerm(chapters), *terms[1:]]
+        zoom = motion.parse_zoom(s.zoom)
+        between = self._zoom_hook(s, zoom, canvas, width, height) if zoom else None
         amp_dtype = ctx.dtype if (s.amp and ctx.dtype in (torch.bfloat16, torch.float16)) else None
         fp = self.fingerprint(s, prompts, seed, width, height, init_path)
         cfg = OptimConfig(steps=s.steps, lr=s.lr, lr_schedule=s.lr_schedule, lr_min_frac=s.lr_min_frac,
                           checkpoint_every=s.checkpoint_every, progress_every=s.progress_every,
-                          timelapse_every=s.timelapse, timelapse_format=s.timelapse_format, fingerprint=fp,
+                          timelapse_every=s.timelapse or (zoom.every if zoom else 0),
+                          timelapse_format=s.timelapse_format, fingerprint=fp,
                           amp_dtype=amp_dtype)
         problem = Problem(params=canvas.params, generate=canvas.image, terms=terms, constrain=canvas.constrain,
-                          generators=[gen], lr_scale=canvas.lr_scale)
+                          generators=[gen], lr_scale=canvas.lr_scale, between_steps=between)
         res = optimise(problem, cfg, Hooks(work_dir=Path(ctx.work_dir), progress=ctx.progress,
                                            should_stop=ctx.should_stop))
         meta = {
@@ -340,10 +360,30 @@ class GuidedGenerator:
             "resumed_from": res.resumed_from, "losses": res.losses, "seconds": round(res.seconds, 2),
             **canvas.meta,
         }
+        if story:
+            meta["story"] = [{"at": start, "prompts": [list(p) for p in ps]} for start, ps in story]
+        if zoom:
+            meta["zoom"] = {"every": zoom.every, "scale": zoom.scale, "rotate": zoom.rotate, "shift": list(zoom.shift)}
         extra = dict(res.timelapse)
         if canvas.save_extra is not None:
             extra.update(canvas.save_extra(canvas.params, Path(ctx.work_dir)))
         return RenderResult(image=to_pil(res.image), meta=meta, extra_files=extra)
+
+    def _zoom_hook(self, s: Any, zoom: motion.Zoom, canvas: Canvas, width: int, height: int) -> Callable:
+        if canvas.warp is None:
+            raise ValueError(f"generator {self.name!r}: zoom mode is not available for this generator "
+                             "(pixels, fourier, vqgan_clip and clipdraw support it)")
+        matrix = motion.zoom_matrix(zoom, width, height)
+
+        def between(done: int, params: Any) -> bool:
+            if done % zoom.every or done >= s.steps:
+                return False
+            canvas.warp(params, matrix)
+            if canvas.constrain is not None:
+                canvas.constrain(params)
+            return True
+
+        return between
 
     @staticmethod
     def fingerprint(s: Any, prompts: Sequence[tuple[str, float]], seed: int, width: int, height: int,

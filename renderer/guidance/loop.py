@@ -76,6 +76,9 @@ class Problem:
     constrain: Callable[[Params], None] | None = None
     generators: Sequence[torch.Generator] = ()
     lr_scale: Sequence[float] | None = None  # per tensor of a sequence: its lr as a multiple of cfg.lr
+    # After step ``done`` (1-based) is taken: e.g. zoom-and-rotate the picture between steps.  It may change the
+    # parameters in place (under no_grad) and returns True when the optimiser's moments should start afresh.
+    between_steps: Callable[[int, Params], bool] | None = None
 
     def leaves(self) -> list[torch.Tensor]:
         return [self.params] if isinstance(self.params, torch.Tensor) else list(self.params)
@@ -231,6 +234,10 @@ def optimise(problem: Problem, cfg: OptimConfig, hooks: Hooks) -> OptimResult:
             with torch.no_grad():
                 problem.constrain(z)
         done = step + 1
+        if problem.between_steps is not None:
+            with torch.no_grad():
+                if problem.between_steps(done, z):
+                    opt.state.clear()
         losses = {k: float(v.detach()) for k, v in parts.items()}
         losses["total"] = float(total.detach())
         if cfg.progress_every and (done % cfg.progress_every == 0 or done == cfg.steps):

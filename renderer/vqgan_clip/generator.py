@@ -44,6 +44,7 @@ import torch
 from renderer.base import GeneratorUnavailable, RenderContext, register
 from renderer.guidance.host import (Canvas, GuidanceSettings, GuidedGenerator, fetch_hint, file_sha256,
                                     parse_settings as _parse)
+from renderer.guidance.motion import warp_image
 from renderer.vqgan_clip import memory
 from renderer.vqgan_clip.clip_guidance import ClipModel
 from renderer.vqgan_clip.vqgan import VQGAN, CheckpointError, load_vqgan, tiny_config
@@ -191,7 +192,11 @@ class VqganClipGenerator(GuidedGenerator):
         if device.type == "cuda" and s.channels_last:
             vq.to(memory_format=torch.channels_last)
         generate = torch.compile(vq.synth) if s.compile else vq.synth
-        return Canvas(params=z, image=generate, constrain=constrain)
+
+        def warp(p: torch.Tensor, matrix: torch.Tensor) -> None:
+            p.copy_(vq.encode(warp_image(vq.synth(p), matrix) * 2 - 1))
+
+        return Canvas(params=z, image=generate, constrain=constrain, warp=warp)
 
 
 @register(NAME)
