@@ -24,6 +24,7 @@ BUILTIN = (
     "renderer.family.siren",
     "renderer.family.clipdraw",
     "renderer.family.stylegan_clip",
+    "renderer.family.stylegan_walk",
 )
 
 _loaded = False
