@@ -13,7 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
-from exhibits.prompts import Prompt
+from exhibits.prompts import Prompt, PromptError, parse_prompts
 
 BUILTIN_DIR = Path(__file__).resolve().parent
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -58,6 +58,9 @@ class Exhibit:
     groups: tuple[PromptGroup, ...] = ()
     fixed_prompts: tuple[Prompt, ...] = ()
     sigma: tuple[float, float] | None = None
+    series_prompts: tuple[tuple[Prompt, ...], ...] = ()  # [prompts] series: one prompt set per piece, in turn
+    modifiers: tuple[str, ...] = ()  # [prompts] modifiers: style phrases appended to positive prompts
+    modifier_mode: str = "each"  # "each": one modifier per piece, in turn; "all": every modifier on every piece
     weight: float = 1.0
     instant: bool = True
     source: str = ""
@@ -71,6 +74,12 @@ class Exhibit:
 
     def prompts_for(self, realms: tuple[str, ...] | list[str]) -> tuple[Prompt, ...]:
         return tuple(Prompt(self.realm_prompt(r), 1.0) for r in realms)
+
+    def with_modifier(self, prompts: tuple[Prompt, ...], modifier: str | None) -> tuple[Prompt, ...]:
+        """Append ``modifier`` (e.g. "rendered in unreal engine") to every positive prompt; negative ones stay."""
+        if not modifier:
+            return tuple(prompts)
+        return tuple(Prompt(f"{p.text}, {modifier}", p.weight) if p.weight > 0 else p for p in prompts)
 
     def all_sets(self) -> list[tuple[str, tuple[str, ...]]]:
         return [(g.name, s) for g in self.groups for s in g.sets]
@@ -194,7 +203,7 @@ def load_exhibit(path: str | Path, *, known_generators: set[str] | None = None) 
     settings = {k: v for k, v in gen.data.items() if k not in ("name", "instant")}
 
     pr = r.table("prompts")
-    pr.check_unknown({"template", "style", "fixed", "overrides", "group"})
+    pr.check_unknown({"template", "style", "fixed", "overrides", "group", "series", "modifiers", "modifier_mode"})
     template = pr.text("template", default=None)
     if template is not None and "{realm}" not in template:
         raise ConfigError(path, "prompts.template", "a text containing {realm}", template)
@@ -205,6 +214,22 @@ def load_exhibit(path: str | Path, *, known_generators: set[str] | None = None) 
         if not isinstance(item, str) or not item.strip():
             raise ConfigError(path, f"prompts.fixed[{i}]", "a non-empty text string", item)
         fixed.append(Prompt(item.strip(), 1.0))
+    series_raw = pr.get("series", list, "a list of prompt texts ('a:1 | b:-0.5')", default=[])
+    series_prompts = []
+    for i, item in enumerate(series_raw):
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(path, f"prompts.series[{i}]", "a non-empty prompt text", item)
+        try:
+            series_prompts.append(parse_prompts(item))
+        except PromptError as exc:
+            raise ConfigError(path, f"prompts.series[{i}]", f"a valid prompt ({exc})", item) from None
+    modifiers_raw = pr.get("modifiers", list, "a list of style phrases like \"rendered in unreal engine\"", default=[])
+    for i, item in enumerate(modifiers_raw):
+        if not isinstance(item, str) or not item.strip() or "|" in item:
+            raise ConfigError(path, f"prompts.modifiers[{i}]", "a non-empty phrase without '|'", item)
+    modifier_mode = pr.text("modifier_mode", default="each")
+    if modifier_mode not in ("each", "all"):
+        raise ConfigError(path, "prompts.modifier_mode", "'each' (one per piece, in turn) or 'all'", modifier_mode)
     overrides_t = pr.table("overrides")
     overrides = {k: overrides_t.text(k) for k in overrides_t.data}
     groups = []
@@ -240,6 +265,8 @@ def load_exhibit(path: str | Path, *, known_generators: set[str] | None = None) 
         settings=_freeze(settings), width=width, height=height, template=template, style=style,
         overrides=MappingProxyType(overrides), groups=tuple(groups), fixed_prompts=tuple(fixed),
         sigma=sigma, weight=float(weight), instant=instant, source=str(path),
+        series_prompts=tuple(series_prompts), modifiers=tuple(m.strip() for m in modifiers_raw),
+        modifier_mode=modifier_mode,
     )
 
 

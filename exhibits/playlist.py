@@ -24,8 +24,24 @@ class JobSpec:
 
 
 def spec_for(exhibit: Exhibit, rng: random.Random, *, realms: tuple[str, ...] | None = None,
-             text: str | None = None, seed: int | None = None) -> JobSpec:
-    """One job for ``exhibit``: from a realm set, from a visitor's text, or from the exhibit's own prompts."""
+             text: str | None = None, seed: int | None = None, series: tuple[Prompt, ...] | None = None,
+             modifier: str | None = None) -> JobSpec:
+    """One job for ``exhibit``: from a realm set, a visitor's text, a series entry or the exhibit's own prompts.
+
+    ``modifier`` (one of the exhibit's style modifiers) is appended to the positive prompts.
+    """
+    spec = _spec_for(exhibit, rng, realms=realms, text=text, seed=seed, series=series)
+    if modifier is None and exhibit.modifier_mode == "all" and exhibit.modifiers:
+        modifier = ", ".join(exhibit.modifiers)
+    if not modifier or not spec.prompts:
+        return spec
+    prompts = exhibit.with_modifier(spec.prompts, modifier)
+    text_out = format_prompts(prompts) if text is None and realms is None else f"{spec.prompt_text} ({modifier})"
+    return JobSpec(spec.exhibit, prompts, text_out, spec.seed, spec.params)
+
+
+def _spec_for(exhibit: Exhibit, rng: random.Random, *, realms: tuple[str, ...] | None = None,
+              text: str | None = None, seed: int | None = None, series: tuple[Prompt, ...] | None = None) -> JobSpec:
     seed = rng.randrange(2**31) if seed is None else seed
     params: dict[str, Any] = {}
     if exhibit.sigma is not None:
@@ -39,6 +55,8 @@ def spec_for(exhibit: Exhibit, rng: random.Random, *, realms: tuple[str, ...] | 
     if realms is not None:
         prompts = exhibit.prompts_for(realms)
         return JobSpec(exhibit.name, prompts, " / ".join(realms), seed, params)
+    if series is not None:
+        return JobSpec(exhibit.name, tuple(series), format_prompts(series), seed, params)
     if exhibit.fixed_prompts:
         return JobSpec(exhibit.name, exhibit.fixed_prompts, format_prompts(exhibit.fixed_prompts), seed, params)
     return JobSpec(exhibit.name, (), exhibit.title, seed, params)
@@ -77,6 +95,20 @@ class Playlist:
             weights = [1.0] * len(names)
         return self.exhibits[self.rng.choices(names, weights=weights)[0]]
 
+    def _next_from(self, key: str, items: tuple) -> Any:
+        """Walk ``items`` in a shuffled order before repeating one (like realm sets)."""
+        if not items:
+            return None
+        deck = self._decks.get(key)
+        if not deck:
+            deck = list(items)
+            self.rng.shuffle(deck)
+            self._decks[key] = deck
+        return deck.pop()
+
     def next(self, only: list[str] | None = None) -> JobSpec:
         ex = self.choose_exhibit(only)
-        return spec_for(ex, self.rng, realms=self._next_realms(ex))
+        realms = self._next_realms(ex)
+        series = self._next_from(f"{ex.name}/series", ex.series_prompts) if realms is None else None
+        modifier = self._next_from(f"{ex.name}/modifiers", ex.modifiers) if ex.modifier_mode == "each" else None
+        return spec_for(ex, self.rng, realms=realms, series=series, modifier=modifier)

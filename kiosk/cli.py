@@ -132,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", help="heading printed on the sheet")
     p.add_argument("--out", type=Path, required=True, help="PNG file to write, or .pdf for A4 pages with captions "
                                                           "(at most 4 pieces across)")
+
+    p = add("suffix-sheet", "prompt experiment: the same seeds with and without style modifiers, side by side")
+    p.add_argument("exhibit", help="exhibit whose generator and settings render the cells")
+    p.add_argument("--prompt", required=True, help="prompt text ('a:1 | b:-0.5')")
+    p.add_argument("--modifier", action="append", required=True,
+                   help="a style modifier to compare, e.g. 'rendered in unreal engine' (repeatable)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds, one row each (default 0 1 2)")
+    p.add_argument("--size", type=int, help="canvas side in pixels (default: the exhibit's canvas)")
+    p.add_argument("--thumb", type=int, default=256, help="cell size on the sheet (default 256)")
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write")
     return parser
 
 
@@ -472,6 +482,19 @@ def cmd_staff_password(args: argparse.Namespace, cfg: ShowConfig) -> int:
     return 0
 
 
+def cmd_suffix_sheet(args: argparse.Namespace, cfg: ShowConfig) -> int:
+    from exhibits.config import load_exhibits
+    from kiosk.prompt_lab import suffix_grid, suffix_sheet
+
+    name = args.exhibit.replace("_", "-")
+    ex = load_exhibits([name], cfg.exhibit_dirs)[name]
+    rows = suffix_grid(ex, args.prompt, args.modifier, args.seeds, device=cfg.device, weights_dir=cfg.weights,
+                       size=args.size, progress=lambda msg: log.info("rendering %s", msg))
+    print(suffix_sheet(rows, args.modifier, args.seeds, args.prompt, args.out, thumb=args.thumb,
+                       label=f"{ex.title}: generator {ex.generator}, {ex.settings_dict().get('steps', '?')} steps"))
+    return 0
+
+
 COMMANDS = {
     "demo": cmd_demo, "display": cmd_display, "worker": cmd_worker, "web": cmd_web, "render": cmd_render,
     "exhibits": cmd_exhibits, "status": cmd_status, "models": cmd_models, "fetch-models": cmd_fetch_models,
@@ -480,6 +503,7 @@ COMMANDS = {
     "contact-sheet": cmd_contact_sheet,
     "continue": cmd_continue,
     "staff-password": cmd_staff_password,
+    "suffix-sheet": cmd_suffix_sheet,
 }
 
 
