@@ -84,3 +84,31 @@ def test_zoom_is_refused_where_it_cannot_work(tmp_path):
     gen = build("siren", {**BASE, "layers": 2, "hidden": 8, "zoom": {"every": 2}}, tiny_ctx(tmp_path))
     with pytest.raises(ValueError, match="zoom mode is not available"):
         gen.render(request(), tiny_ctx(tmp_path))
+
+
+def test_vqgan_latent_interpolation_from_an_init_picture_to_the_piece(tmp_path):
+    """The Doorways surgery case: start from one picture, and the interpolation runs from it to the new piece."""
+    from PIL import Image
+
+    init = tmp_path / "before.png"
+    arr = np.zeros((32, 48, 3), np.uint8)
+    arr[:, :24] = (230, 30, 30)
+    Image.fromarray(arr).save(init)
+    s = {**TINY_SETTINGS, "steps": 4, "interpolate": 5, "timelapse_format": "both"}
+    res = build("vqgan_clip", s, tiny_ctx(tmp_path)).render(request(init_image=str(init)), tiny_ctx(tmp_path))
+    import av
+
+    with av.open(str(res.extra_files["interpolation"])) as c:
+        frames = [f.to_ndarray(format="rgb24").astype(float) for f in c.decode(video=0)]
+    assert len(frames) == 5 and res.meta["interpolation_frames"] == 5
+    # the last frame is the finished piece; frames move steadily away from the first
+    d = [np.abs(f - frames[0]).mean() for f in frames]
+    assert d[1] < d[2] < d[4] and d[4] > 3
+    with Image.open(res.extra_files["interpolation_gif"]) as gif:
+        assert gif.n_frames == 5
+        first = np.asarray(gif.convert("RGB")).astype(float)
+        gif.seek(4)
+        last = np.asarray(gif.convert("RGB")).astype(float)
+    piece = np.asarray(res.image).astype(float)
+    # the last frame is the finished piece, up to the GIF's 256-colour palette; the first is not
+    assert np.abs(last - piece).mean() < 9 and np.abs(last - piece).mean() < 0.5 * np.abs(first - piece).mean()

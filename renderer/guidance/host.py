@@ -65,6 +65,7 @@ class GuidanceSettings:
     init_image: str | None = None
     story: Any = None  # see renderer.guidance.motion
     zoom: Any = None
+    interpolate: int = 0  # frames of a latent interpolation from the start to the finished piece (0 = none)
 
     @property
     def tiny(self) -> bool:
@@ -102,7 +103,7 @@ def _check_common(name: str, d: dict[str, Any]) -> None:
         if not cm or not all(isinstance(x, str) and x for x in cm):
             raise _bad(name, "clip_models", cm, "a non-empty list of open_clip names like 'ViT-B-32:openai', or ['tiny']")
         d["clip_models"] = tuple(cm)
-    for key in ("steps", "cutouts", "checkpoint_every", "progress_every", "timelapse"):
+    for key in ("steps", "cutouts", "checkpoint_every", "progress_every", "timelapse", "interpolate"):
         if key in d and (not _is_int(d[key]) or d[key] < 0 or (key in ("steps", "cutouts") and d[key] < 1)):
             raise _bad(name, key, d[key], "a non-negative integer" if key not in ("steps", "cutouts") else "an integer >= 1")
     for key in ("lr", "lr_min_frac"):
@@ -217,6 +218,14 @@ def read_init_image(path: Path, width: int, height: int, device: torch.device) -
     return x.to(device)
 
 
+def _leaves(params: Any) -> list[torch.Tensor]:
+    return [params] if isinstance(params, torch.Tensor) else list(params)
+
+
+def _snapshot(params: Any) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in _leaves(params)]
+
+
 @dataclass
 class Canvas:
     """One render's parametrisation: what the loop optimises and how it becomes a picture."""
@@ -229,6 +238,11 @@ class Canvas:
     meta: dict = field(default_factory=dict)
     # Set the parameters from the current picture moved by a (2, 3) pixel affine (zoom mode); None: no zoom.
     warp: Callable[[Any, torch.Tensor], None] | None = None
+    # Interpolation space, where it differs from the parameters': ``blend_from`` maps the start and end parameters
+    # into it and ``blend_image`` draws a point of it (VQGAN: mix the quantised latents, decode without snapping
+    # to the codebook again, so frames move smoothly and the ends are exactly the start and the piece).
+    blend_from: Callable[[Any], Any] | None = None
+    blend_image: Callable[[Any], torch.Tensor] | None = None
 
 
 class GuidedGenerator:
@@ -333,6 +347,7 @@ class GuidedGenerator:
         init_path = Path(s.init_image) if s.init_image else req.init_image
         init = read_init_image(init_path, width, height, device) if init_path else None
         canvas = self.make_canvas(s, width, height, gen, device, init, init_path)
+        start = _snapshot(canvas.params) if s.interpolate else None
         terms = self.clip_terms(s, [c for c, _ in clips], prompts, gen, device, init_path is not None)
         if story:
             chapters = [(start, terms[0] if i == 0 else self.clip_terms(s, [c for c, _ in clips], ps, gen, device,
@@ -365,9 +380,36 @@ class GuidedGenerator:
         if zoom:
             meta["zoom"] = {"every": zoom.every, "scale": zoom.scale, "rotate": zoom.rotate, "shift": list(zoom.shift)}
         extra = dict(res.timelapse)
+        if start is not None:
+            extra.update(self.interpolation(s, canvas, start, Path(ctx.work_dir), amp_dtype, device))
+            meta["interpolation_frames"] = s.interpolate
         if canvas.save_extra is not None:
             extra.update(canvas.save_extra(canvas.params, Path(ctx.work_dir)))
         return RenderResult(image=to_pil(res.image), meta=meta, extra_files=extra)
+
+    @torch.no_grad()
+    def interpolation(self, s: Any, canvas: Canvas, start: Any, work_dir: Path, amp_dtype: Any,
+                      device: torch.device) -> dict[str, Path]:
+        """Frames decoded from parameters moved linearly from the start (random codes, init picture) to the end.
+
+        For VQGAN this is latent interpolation (e.g. from an edited piece given as init image to the new one);
+        for StyleGAN+CLIP a walk in W; for pixels a crossfade.
+        """
+        from renderer.guidance.video import write_video
+
+        end = _snapshot(canvas.params)
+        if canvas.blend_from is not None:
+            start, end = (_snapshot(canvas.blend_from(x[0] if isinstance(canvas.params, torch.Tensor) else x))
+                          for x in (start, end))
+        frames = []
+        n = s.interpolate
+        for i in range(n):
+            t = i / max(1, n - 1)
+            mixed = [a.lerp(b, t) for a, b in zip(_leaves(start), _leaves(end))]
+            params = mixed[0] if isinstance(canvas.params, torch.Tensor) else mixed
+            with torch.autocast(device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                frames.append(to_pil((canvas.blend_image or canvas.image)(params).float()))
+        return write_video(frames, work_dir, "interpolation", s.timelapse_format, fps=12)
 
     def _zoom_hook(self, s: Any, zoom: motion.Zoom, canvas: Canvas, width: int, height: int) -> Callable:
         if canvas.warp is None:

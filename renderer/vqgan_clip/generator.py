@@ -196,7 +196,11 @@ class VqganClipGenerator(GuidedGenerator):
         def warp(p: torch.Tensor, matrix: torch.Tensor) -> None:
             p.copy_(vq.encode(warp_image(vq.synth(p), matrix) * 2 - 1))
 
-        return Canvas(params=z, image=generate, constrain=constrain, warp=warp)
+        def blend(p: torch.Tensor) -> torch.Tensor:
+            return vq.decode(p).add(1).div(2).clamp(0, 1)
+
+        return Canvas(params=z, image=generate, constrain=constrain, warp=warp, blend_from=vq.quantize_st,
+                      blend_image=blend)
 
 
 @register(NAME)
