@@ -86,3 +86,24 @@ def test_each_generator_makes_a_piece_through_the_worker(finished, exhibit):
         svg = ET.parse(store.path(piece.extra["drawing"])).getroot()
         assert len(svg.findall("{http://www.w3.org/2000/svg}path")) == 32
     assert store.verify_piece(piece)
+
+
+def test_moving_versions_and_drawings_download_from_the_piece_page(finished):
+    from kiosk.web import create_app
+
+    worker, jobs = finished
+    store = worker.store
+    app = create_app(ShowConfig(data_dir=store.root, exhibits=("demo",)), store, testing=True)
+    client = app.test_client()
+    piece = store.get_piece(store.get_job(jobs["clipdraw-tiny"].id).piece_id)
+    html = client.get(f"/p/{piece.id}").get_data(as_text=True)
+    for key, ext, mime in (("timelapse", "mp4", "video/mp4"), ("timelapse_gif", "gif", "image/gif"),
+                           ("drawing", "svg", "image/svg+xml")):
+        url = f"/p/{piece.id}/{key}.{ext}"
+        assert url in html, url
+        r = client.get(url)
+        assert r.status_code == 200 and r.mimetype == mime
+        assert r.data == store.path(piece.extra[key]).read_bytes()
+        assert "attachment" in r.headers["Content-Disposition"]
+    assert client.get(f"/p/{piece.id}/drawing.mp4").status_code == 404  # the suffix must match the file
+    assert client.get(f"/p/{piece.id}/secrets.svg").status_code == 404  # only the known kinds of file

@@ -211,7 +211,7 @@ def mine() -> str:
 def piece(piece_id: int) -> str:
     p = _piece_or_404(piece_id)
     return render_template("piece.html", piece=p, url=piece_url(state().cfg, p.id),
-                           filename=download_name(p), present=_image_present(p))
+                           filename=download_name(p), present=_image_present(p), moving=moving_files(p))
 
 
 @bp.get("/p/<id:piece_id>.json")
@@ -231,6 +231,30 @@ def image(piece_id: int) -> Response:
 def download(piece_id: int) -> Response:
     p = _piece_or_404(piece_id)
     return _send(p.image_path, etag=p.sha256, mimetype="image/png", attachment=download_name(p))
+
+
+# A piece's moving versions and drawings (renderer extra files), by the key the renderer gave them.
+MOVING_FILES = {
+    "timelapse": "How it was made", "animation": "Latent loop", "interpolation": "Interpolation",
+    "timelapse_gif": "How it was made (GIF)", "animation_gif": "Latent loop (GIF)",
+    "interpolation_gif": "Interpolation (GIF)", "drawing": "Drawing (SVG)",
+}
+_MIMETYPES = {".mp4": "video/mp4", ".gif": "image/gif", ".svg": "image/svg+xml"}
+
+
+def moving_files(p: Piece) -> list[tuple[str, str, str]]:
+    """(key, title, suffix) of the piece's extra files that visitors may download, in a fixed order."""
+    return [(k, title, Path(p.extra[k]).suffix.lstrip(".")) for k, title in MOVING_FILES.items()
+            if k in (p.extra or {}) and Path(p.extra[k]).suffix in _MIMETYPES]
+
+
+@bp.get("/p/<id:piece_id>/<key>.<ext>")
+def moving_file(piece_id: int, key: str, ext: str) -> Response:
+    p = _piece_or_404(piece_id)
+    rel = (p.extra or {}).get(key) if key in MOVING_FILES else None
+    if not rel or Path(rel).suffix != f".{ext}" or f".{ext}" not in _MIMETYPES:
+        abort(404, description="this piece has no such file")
+    return _send(rel, mimetype=_MIMETYPES[f".{ext}"], attachment=download_name(p, f"{key}.{ext}"))
 
 
 @bp.get("/p/<id:piece_id>/thumb.jpg")
