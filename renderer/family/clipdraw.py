@@ -8,8 +8,8 @@ area inside the stroke (a box filter), round caps at the ends.  Strokes are
 composited over the background in order ("over").  Gradients reach control
 points, widths and colours through the distance and the coverage ramp.
 
-Strokes are rasterised in chunks whose (strokes x segments x pixels) distance
-tensor stays under ``chunk_elements``, so a 512 px canvas with 256 strokes fits.
+Distances are computed only inside each stroke's bounding box (grown by half its width
+and a pixel), in chunks of strokes, so the work follows the strokes' size, not the canvas's.
 
 As in Frans et al.'s CLIPDraw: ``strokes`` paths start at random points with
 control points a random walk of ``radius`` (fraction of the canvas) around them;
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from exhibits.files import atomic_path
 from renderer.base import RenderContext, register
@@ -66,10 +67,15 @@ def bezier_points(ctrl: torch.Tensor, samples: int) -> torch.Tensor:
 
 
 def segment_distance(pix: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Distance from pixels (P, 2) to segments a->b (N, S, 2): (N, P), the nearest segment per stroke."""
+    """Distance from pixels to segments a->b (N, S, 2), the nearest segment per stroke: (N, P).
+
+    ``pix`` is (P, 2), the same pixels for every stroke, or (N, P, 2), each stroke's own pixels.
+    """
+    if pix.ndim == 2:
+        pix = pix[None].expand(a.shape[0], -1, -1)
     abx, aby = (b - a).unbind(-1)  # (N, S)
-    apx = pix[None, None, :, 0] - a[:, :, None, 0]  # (N, S, P)
-    apy = pix[None, None, :, 1] - a[:, :, None, 1]
+    apx = pix[:, None, :, 0] - a[:, :, None, 0]  # (N, S, P)
+    apy = pix[:, None, :, 1] - a[:, :, None, 1]
     inv = 1.0 / (abx * abx + aby * aby).clamp(min=1e-12)
     t = ((apx * abx[..., None] + apy * aby[..., None]) * inv[..., None]).clamp(0, 1)
     dx = apx - t * abx[..., None]
@@ -77,16 +83,41 @@ def segment_distance(pix: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tor
     return (dx * dx + dy * dy).min(dim=1).values.clamp(min=1e-12).sqrt()
 
 
+def _local_coverage(ctrl: torch.Tensor, width: torch.Tensor, height_px: int, width_px: int,
+                    samples: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Coverage of each stroke over its own bounding box only: (N, Bh, Bw) and the boxes' x0, y0 (ints).
+
+    Pixels outside a stroke's box are uncovered by construction (farther than width/2 + 1 from it), so the
+    distances are computed only where they can matter -- the work follows the strokes' size, not the canvas's.
+    """
+    pts = bezier_points(ctrl, samples)
+    with torch.no_grad():
+        r = width.detach()[:, None] / 2 + 1.0
+        lo = (pts.detach().amin(1) - r).floor().long()
+        hi = (pts.detach().amax(1) + r).ceil().long()
+        x0 = lo[:, 0].clamp(0, width_px - 1)
+        y0 = lo[:, 1].clamp(0, height_px - 1)
+        bw = int((hi[:, 0].clamp(1, width_px) - x0).clamp(min=1).max())
+        bh = int((hi[:, 1].clamp(1, height_px) - y0).clamp(min=1).max())
+        gx = x0[:, None].to(ctrl.dtype) + torch.arange(bw, device=ctrl.device, dtype=ctrl.dtype) + 0.5  # (N, Bw)
+        gy = y0[:, None].to(ctrl.dtype) + torch.arange(bh, device=ctrl.device, dtype=ctrl.dtype) + 0.5  # (N, Bh)
+        pix = torch.stack([gx[:, None, :].expand(-1, bh, -1), gy[:, :, None].expand(-1, -1, bw)], -1)
+    d = segment_distance(pix.reshape(ctrl.shape[0], -1, 2), pts[:, :-1], pts[:, 1:])
+    cov = (width[:, None] / 2 - d + 0.5).clamp(0, 1).reshape(-1, bh, bw)
+    return cov, x0, y0
+
+
+def _place(local: torch.Tensor, x0: int, y0: int, height_px: int, width_px: int) -> torch.Tensor:
+    """A (Bh, Bw) patch at (x0, y0) on an empty (H, W) canvas; negative padding crops what falls outside."""
+    bh, bw = local.shape
+    return F.pad(local, (x0, width_px - x0 - bw, y0, height_px - y0 - bh))
+
+
 def stroke_coverage(ctrl: torch.Tensor, width: torch.Tensor, height_px: int, width_px: int,
                     samples: int = 24) -> torch.Tensor:
     """(N, 4, 2) control points (pixels), (N,) widths -> (N, H, W) coverage in [0, 1]."""
-    ys = torch.arange(height_px, device=ctrl.device, dtype=ctrl.dtype) + 0.5
-    xs = torch.arange(width_px, device=ctrl.device, dtype=ctrl.dtype) + 0.5
-    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
-    pix = torch.stack([gx, gy], -1).reshape(-1, 2)
-    pts = bezier_points(ctrl, samples)
-    d = segment_distance(pix, pts[:, :-1], pts[:, 1:])
-    return (width[:, None] / 2 - d + 0.5).clamp(0, 1).reshape(-1, height_px, width_px)
+    cov, x0, y0 = _local_coverage(ctrl, width, height_px, width_px, samples)
+    return torch.stack([_place(cov[i], int(x0[i]), int(y0[i]), height_px, width_px) for i in range(cov.shape[0])])
 
 
 def rasterise(ctrl: torch.Tensor, width: torch.Tensor, rgba: torch.Tensor, background: Sequence[float],
@@ -98,11 +129,12 @@ def rasterise(ctrl: torch.Tensor, width: torch.Tensor, rgba: torch.Tensor, backg
     chunk = max(1, chunk_elements // per_stroke)
     for start in range(0, ctrl.shape[0], chunk):
         sl = slice(start, start + chunk)
-        cov = stroke_coverage(ctrl[sl], width[sl], height_px, width_px, samples)
+        cov, x0, y0 = _local_coverage(ctrl[sl], width[sl], height_px, width_px, samples)
         alpha = cov * rgba[sl, 3, None, None]
+        colour = rgba[sl, :3]
         for i in range(cov.shape[0]):
-            a = alpha[i][None]
-            img = img * (1 - a) + rgba[sl][i, :3, None, None] * a
+            a = _place(alpha[i], int(x0[i]), int(y0[i]), height_px, width_px)[None]
+            img = img * (1 - a) + colour[i, :, None, None] * a
     return img[None]
 
 
