@@ -236,9 +236,9 @@ def download(piece_id: int) -> Response:
 # A piece's moving versions and drawings (renderer extra files), by the key the renderer gave them.
 MOVING_FILES = {
     "timelapse": "How it was made", "animation": "Latent loop", "interpolation": "Interpolation",
-    "timelapse_gif": "How it was made (GIF)", "animation_gif": "Latent loop (GIF)",
-    "interpolation_gif": "Interpolation (GIF)", "drawing": "Drawing (SVG)",
-}
+    "timelapse_gif": "How it was made", "animation_gif": "Latent loop", "interpolation_gif": "Interpolation",
+    "drawing": "Drawing",
+}  # the page adds the format: "How it was made (MP4)", "How it was made (GIF)"
 _MIMETYPES = {".mp4": "video/mp4", ".gif": "image/gif", ".svg": "image/svg+xml"}
 
 
