@@ -112,3 +112,17 @@ def test_vqgan_latent_interpolation_from_an_init_picture_to_the_piece(tmp_path):
     piece = np.asarray(res.image).astype(float)
     # the last frame is the finished piece, up to the GIF's 256-colour palette; the first is not
     assert np.abs(last - piece).mean() < 9 and np.abs(last - piece).mean() < 0.5 * np.abs(first - piece).mean()
+
+
+@pytest.mark.parametrize("name", ["deepdream", "clip_diffusion"])
+def test_generators_with_their_own_loop_refuse_motion_settings(name):
+    from renderer.base import _REGISTRY, names
+
+    if name not in names():
+        pytest.skip(f"{name} is not registered here")
+    from renderer.guidance.host import GuidedGenerator
+
+    gen_cls = next(c for c in GuidedGenerator.__subclasses__() if getattr(c, "name", "") == name)
+    with pytest.raises(GeneratorUnavailable, match="runs its own loop.*zoom"):
+        gen_cls.parse({"clip_models": ["tiny"], "zoom": {"every": 2}}, strict=False)
+    assert _REGISTRY[name]

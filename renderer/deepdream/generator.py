@@ -161,6 +161,7 @@ class DeepDreamGenerator(GuidedGenerator):
 
     name = NAME
     settings_cls = Settings
+    motion_settings = False  # its own loop: no story, zoom or interpolation
     tiny_label = TINY_LABEL
     title = "DeepDream"
 

@@ -104,6 +104,7 @@ class ClipDiffusionGenerator(GuidedGenerator):
 
     name = NAME
     settings_cls = Settings
+    motion_settings = False  # its own loop: no story, zoom or interpolation
     tiny_label = TINY_LABEL
     title = "CLIP-guided diffusion"
 

@@ -73,6 +73,7 @@ class GuidanceSettings:
 
 
 COMMON_KEYS = tuple(f.name for f in fields(GuidanceSettings))
+MOTION_KEYS = ("story", "zoom", "interpolate")
 
 
 def _bad(name: str, key: str, value: Any, allowed: str) -> GeneratorUnavailable:
@@ -250,6 +251,7 @@ class GuidedGenerator:
 
     name = "guided"
     settings_cls: type = GuidanceSettings
+    motion_settings = True  # False for a generator whose render() does not run this host's loop
     tiny_label = "CLIP-steered generator with a tiny random-initialised CLIP (no trained weights)"
     title = "CLIP-steered generator"
 
@@ -264,7 +266,13 @@ class GuidedGenerator:
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], strict: bool = True) -> Any:
-        return parse_settings(cls.settings_cls, cls.name, raw, strict)
+        s = parse_settings(cls.settings_cls, cls.name, raw, strict)
+        if not cls.motion_settings:
+            used = [k for k in MOTION_KEYS if getattr(s, k, None)]
+            if used:
+                raise GeneratorUnavailable(f"generator {cls.name!r} runs its own loop: setting(s) {', '.join(used)} "
+                                           "(story, zoom, interpolation) are not available for it")
+        return s
 
     # -- what a subclass supplies ----------------------------------------------
     def prepare(self, s: Any) -> None:
