@@ -32,31 +32,14 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_family2 import build_clip  # noqa: E402  (the same reduced-width CLIP as the part-two bench)
 from renderer.base import RenderContext, build  # noqa: E402
 from renderer.guidance.loop import Hooks, OptimConfig, Problem, optimise  # noqa: E402
 from renderer.vqgan_clip import cutouts as cut  # noqa: E402
-from renderer.vqgan_clip.clip_guidance import OPENAI_MEAN, OPENAI_STD, ClipModel, spherical_dist  # noqa: E402
+from renderer.vqgan_clip.clip_guidance import ClipModel, spherical_dist  # noqa: E402
 from renderer.vqgan_clip.losses import ClipTerm  # noqa: E402
 
 GENERATORS = ("pixels", "fourier", "siren", "clipdraw", "stylegan_clip")
-
-
-def bench_clip(full: bool, device: torch.device) -> ClipModel:
-    import open_clip
-
-    torch.manual_seed(0)
-    if full:
-        model = open_clip.create_model("ViT-B-32", pretrained=None)
-    else:
-        cfg = open_clip.get_model_config("ViT-B-32")
-        cfg["vision_cfg"].update(width=256, layers=4)
-        cfg["text_cfg"].update(width=256, heads=4, layers=2)
-        cfg["embed_dim"] = 256
-        model = open_clip.model.CLIP(**cfg)
-    model = model.eval().requires_grad_(False).to(device)
-    return ClipModel(name="bench", model=model, size=224, mean=torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1),
-                     std=torch.tensor(OPENAI_STD).view(1, 3, 1, 1), tokenizer=open_clip.get_tokenizer("ViT-B-32"),
-                     weights="random-init")
 
 
 def stylegan_checkpoint(folder: Path, full: bool, res: int) -> Path:
@@ -167,7 +150,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
     args = ap.parse_args()
     device = torch.device(args.device)
-    clip = bench_clip(args.full, device)
+    clip = build_clip(args.full, device)
     mode = "full size" if args.full else ("QUICK MODE: CLIP ViT-B-32 layout at width 256 / 4 layers, SIREN 8x128, "
                                           "CLIPDraw 128 strokes, StyleGAN2 at reduced width, 8 cutouts")
     print(f"device {device}, torch threads {torch.get_num_threads()}, {mode}")
