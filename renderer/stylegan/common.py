@@ -17,6 +17,8 @@ class Synthesis(torch.nn.Module):
     """
 
     family: str = ""
+    # On the CPU, run a batch one sample at a time (better cache use than a grouped convolution).
+    cpu_batch_per_sample: bool = True
     num_ws: int
     w_dim: int
     img_resolution: int
@@ -35,10 +37,10 @@ class Synthesis(torch.nn.Module):
 
     def forward(self, ws: torch.Tensor, noise_mode: str = "const",
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images for ``ws``; on the CPU a batch runs one sample at a time (same result, better cache use)."""
+        """Images for ``ws``; on the CPU a batch may run one sample at a time (``cpu_batch_per_sample``)."""
         self.check_noise_mode(noise_mode)
         self.check_ws(ws)
-        if ws.device.type == "cpu" and ws.shape[0] > 1:
+        if self.cpu_batch_per_sample and ws.device.type == "cpu" and ws.shape[0] > 1:
             return torch.cat([self.synthesize(ws[i:i + 1], noise_mode, generator) for i in range(ws.shape[0])])
         return self.synthesize(ws, noise_mode, generator)
 
