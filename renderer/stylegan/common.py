@@ -1,7 +1,9 @@
 """What every synthesis network here shares: the W+ interface and a JSON-able config."""
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import threading
+from typing import Any, Iterator
 
 import torch
 
@@ -65,3 +67,31 @@ def randn_like_on(shape: list[int], like: torch.Tensor, generator: torch.Generat
     if generator is None:
         return torch.randn(shape, device=like.device, dtype=like.dtype)
     return torch.randn(shape, generator=generator, device=generator.device).to(like.device, like.dtype)
+
+
+_INIT = threading.local()
+
+
+@contextlib.contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Networks built inside skip their random initialisation: a checkpoint is about to overwrite every weight.
+
+    (Drawing tens of millions of Gaussian numbers took longer than reading the checkpoint itself.)
+    Only for loaders that then check every parameter and buffer was given (``load_state_strict``).
+    """
+    before = getattr(_INIT, "skip", False)
+    _INIT.skip = True
+    try:
+        yield
+    finally:
+        _INIT.skip = before
+
+
+def init_randn(*size: int) -> torch.Tensor:
+    """``torch.randn(*size)`` for a fresh network; uninitialised memory inside :func:`weights_from_checkpoint`."""
+    return torch.empty(*size) if getattr(_INIT, "skip", False) else torch.randn(*size)
+
+
+def init_rand(*size: int) -> torch.Tensor:
+    """``torch.rand(*size)``, or uninitialised memory inside :func:`weights_from_checkpoint`."""
+    return torch.empty(*size) if getattr(_INIT, "skip", False) else torch.rand(*size)

@@ -14,6 +14,7 @@ Formats:
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import inspect
 import json
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 
 from exhibits.files import sha256_file
-from renderer.stylegan.common import Synthesis
+from renderer.stylegan.common import Synthesis, weights_from_checkpoint
 from renderer.stylegan.sg1 import SG1Synthesis
 from renderer.stylegan.sg2 import SG2Synthesis
 from renderer.stylegan.sg3 import SG3Synthesis
@@ -46,8 +47,30 @@ class LoadedSynthesis:
     net: Synthesis
     family: str
     source_format: str  # nvlabs | tf | rosinality | cache
-    sha256: str  # of the original checkpoint file
+    digest: str | concurrent.futures.Future  # sha256 of the original checkpoint file (or its hashing, under way)
     path: Path
+
+    @property
+    def sha256(self) -> str:
+        """The checkpoint's sha256; waits for the background hashing on first use."""
+        if isinstance(self.digest, concurrent.futures.Future):
+            try:
+                self.digest = self.digest.result()
+            except OSError as exc:
+                raise CheckpointError(f"{self.path}: could not hash the checkpoint: {exc}") from exc
+        return self.digest
+
+
+_hasher: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _hash_in_background(path: Path) -> concurrent.futures.Future:
+    """sha256 of ``path`` on a worker thread (hashlib and file reads release the GIL), so a first image can be
+    rendered while a multi-gigabyte checkpoint is still being hashed."""
+    global _hasher
+    if _hasher is None:
+        _hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint-sha256")
+    return _hasher.submit(sha256_file, path)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -81,12 +104,14 @@ def load_state_strict(net: Synthesis, tensors: Mapping[str, Any], source: str) -
             f"{source}: parameters do not match a {net.family} synthesis network "
             f"(missing: {', '.join(missing[:8]) or 'none'}; unexpected: {', '.join(unexpected[:8]) or 'none'})"
         )
-    with torch.no_grad():
-        for key, value in given.items():
-            t = _as_tensor(value, source, key)
-            if tuple(t.shape) != tuple(own[key].shape):
-                raise CheckpointError(f"{source}: {key} has shape {list(t.shape)}, expected {list(own[key].shape)}")
-            own[key].copy_(t)
+    state = {}
+    for key, value in given.items():
+        t = _as_tensor(value, source, key)
+        if tuple(t.shape) != tuple(own[key].shape):
+            raise CheckpointError(f"{source}: {key} has shape {list(t.shape)}, expected {list(own[key].shape)}")
+        state[key] = t.to(own[key].dtype).contiguous()
+    # The decoded tensors become the parameters themselves (no second copy into freshly allocated memory).
+    net.load_state_dict(state, strict=False, assign=True)
 
 
 def _filter_kwargs(cls: type, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -351,7 +376,8 @@ def load_cache(path: Path) -> tuple[Synthesis, dict]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path}: unreadable safetensors file ({exc})") from None
-    net = build(meta["family"], meta["config"])
+    with weights_from_checkpoint():
+        net = build(meta["family"], meta["config"])
     load_state_strict(net, tensors, str(path))
     if "w_avg" in tensors:
         with torch.no_grad():
@@ -398,6 +424,11 @@ def _first_line(exc: BaseException) -> str:
 
 def load_uncached(path: Path) -> tuple[Synthesis, str, str]:
     """(net, family, source_format) from a checkpoint file of any supported format."""
+    with weights_from_checkpoint():  # every weight is then checked to come from the file (load_state_strict)
+        return _load_uncached(path)
+
+
+def _load_uncached(path: Path) -> tuple[Synthesis, str, str]:
     kind = sniff_format(path)
     source = str(path)
     if kind == "cache":
@@ -439,13 +470,14 @@ def load_synthesis(path: str | os.PathLike, cache_dir: str | os.PathLike | None 
                                        meta["source_sha256"], path)
         except (OSError, json.JSONDecodeError, CheckpointError, KeyError) as exc:
             log.warning("ignoring stale or damaged cache %s: %s", cache, exc)
+    digest = _hash_in_background(path)  # the checkpoint's identity, while this thread parses it
     try:
         net, family, fmt = load_uncached(path)
     except CheckpointError:
         raise
     except Exception as exc:  # whatever else a damaged file provokes still names the file, and only that file
         raise CheckpointError(f"{path}: not a loadable StyleGAN checkpoint: {_first_line(exc)}") from exc
-    loaded = LoadedSynthesis(net.eval().requires_grad_(False), family, fmt, sha256_file(path), path)
+    loaded = LoadedSynthesis(net.eval().requires_grad_(False), family, fmt, digest, path)
     if cache is not None and fmt != "cache":
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from renderer.stylegan.common import Synthesis, randn_like_on
+from renderer.stylegan.common import Synthesis, init_randn, randn_like_on
 
 LRELU_SLOPE = 0.2
 
@@ -37,9 +37,9 @@ class Epilogue(torch.nn.Module):
         super().__init__()
         self.resolution = resolution
         self.noise_weight = torch.nn.Parameter(torch.zeros(channels))
-        self.register_buffer("noise_const", torch.randn(resolution, resolution))
+        self.register_buffer("noise_const", init_randn(resolution, resolution))
         self.bias = torch.nn.Parameter(torch.zeros(channels))
-        self.style_weight = torch.nn.Parameter(torch.randn(2 * channels, w_dim))
+        self.style_weight = torch.nn.Parameter(init_randn(2 * channels, w_dim))
         self.style_bias = torch.nn.Parameter(torch.zeros(2 * channels))
         self.style_gain = 1 / math.sqrt(w_dim) if use_wscale else 1.0
 
@@ -98,14 +98,14 @@ class SG1Synthesis(Synthesis):
         self.torgb_bias = torch.nn.ParameterList()
         for r in range(2, self.log2 + 1):  # index = r - 2; lod = log2 - r
             c = self.channels[2 ** r]
-            self.torgb_weight.append(torch.nn.Parameter(torch.randn(img_channels, c, 1, 1)))
+            self.torgb_weight.append(torch.nn.Parameter(init_randn(img_channels, c, 1, 1)))
             self.torgb_bias.append(torch.nn.Parameter(torch.zeros(img_channels)))
         self.register_buffer("blur_filter", self._blur_kernel())
         self.register_buffer("lod", torch.zeros([]))
         self.register_buffer("w_avg", torch.zeros(self.w_dim))
 
     def _add_conv(self, cin: int, cout: int, gain: float) -> None:
-        self.convs.append(torch.nn.Parameter(torch.randn(cout, cin, 3, 3)))
+        self.convs.append(torch.nn.Parameter(init_randn(cout, cin, 3, 3)))
         self.conv_gains.append(gain / math.sqrt(cin * 9) if self.use_wscale else 1.0)
 
     @staticmethod

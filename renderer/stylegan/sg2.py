@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import torch
 
-from renderer.stylegan.common import Synthesis, randn_like_on
+from renderer.stylegan.common import Synthesis, init_randn, randn_like_on
 from renderer.stylegan.ops import (SQRT2, FullyConnected, bias_act, frozen, modulated_conv2d_act_sg2, modulated_conv2d_sg2,
                                    setup_filter, upsample2d)
 
@@ -31,9 +31,9 @@ class SynthesisLayer(torch.nn.Module):
         self.conv_clamp = conv_clamp
         self.use_noise = use_noise
         self.affine = FullyConnected(w_dim, in_channels, bias_init=1)
-        self.weight = torch.nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
+        self.weight = torch.nn.Parameter(init_randn(out_channels, in_channels, 3, 3))
         if use_noise:
-            self.register_buffer("noise_const", torch.randn(resolution, resolution))
+            self.register_buffer("noise_const", init_randn(resolution, resolution))
             self.noise_strength = torch.nn.Parameter(torch.zeros([]))
         self.bias = torch.nn.Parameter(torch.zeros(out_channels))
         self.register_buffer("resample_filter", setup_filter([1, 3, 3, 1]))
@@ -58,7 +58,7 @@ class ToRGBLayer(torch.nn.Module):
         super().__init__()
         self.conv_clamp = conv_clamp
         self.affine = FullyConnected(w_dim, in_channels, bias_init=1)
-        self.weight = torch.nn.Parameter(torch.randn(out_channels, in_channels, 1, 1))
+        self.weight = torch.nn.Parameter(init_randn(out_channels, in_channels, 1, 1))
         self.bias = torch.nn.Parameter(torch.zeros(out_channels))
         self.weight_gain = 1 / math.sqrt(in_channels)
 
@@ -89,7 +89,7 @@ class SynthesisBlock(torch.nn.Module):
         self.num_conv = 1 if in_channels == 0 else 2
         self.num_torgb = 1
         if in_channels == 0:
-            self.const = torch.nn.Parameter(torch.randn(out_channels, resolution, resolution))
+            self.const = torch.nn.Parameter(init_randn(out_channels, resolution, resolution))
         else:
             self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=2,
                                         conv_clamp=conv_clamp, use_noise=use_noise)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from renderer.stylegan.common import Synthesis
+from renderer.stylegan.common import Synthesis, init_rand, init_randn
 from renderer.stylegan.ops import FullyConnected, design_lowpass_filter, filtered_lrelu, modulated_conv2d_sg3
 
 
@@ -27,12 +27,12 @@ class SynthesisInput(torch.nn.Module):
         self.size = int(size)
         self.sampling_rate = float(sampling_rate)
         self.bandwidth = float(bandwidth)
-        freqs = torch.randn(channels, 2)
+        freqs = init_randn(channels, 2)
         radii = freqs.square().sum(dim=1, keepdim=True).sqrt()
         freqs /= radii * radii.square().exp().pow(0.25)
         freqs *= bandwidth
-        phases = torch.rand(channels) - 0.5
-        self.weight = torch.nn.Parameter(torch.randn(channels, channels))
+        phases = init_rand(channels) - 0.5
+        self.weight = torch.nn.Parameter(init_randn(channels, channels))
         self.affine = FullyConnected(w_dim, 4, weight_init=0)
         with torch.no_grad():
             self.affine.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
@@ -89,7 +89,7 @@ class SynthesisLayer(torch.nn.Module):
         self.conv_clamp = conv_clamp
         tmp_rate = max(in_sampling_rate, out_sampling_rate) * (1 if is_torgb else lrelu_upsampling)
         self.affine = FullyConnected(w_dim, in_channels, bias_init=1)
-        self.weight = torch.nn.Parameter(torch.randn(out_channels, in_channels, self.conv_kernel, self.conv_kernel))
+        self.weight = torch.nn.Parameter(init_randn(out_channels, in_channels, self.conv_kernel, self.conv_kernel))
         self.bias = torch.nn.Parameter(torch.zeros(out_channels))
         self.register_buffer("magnitude_ema", torch.ones([]))
         self.up_factor = int(np.rint(tmp_rate / in_sampling_rate))

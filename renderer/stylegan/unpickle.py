@@ -51,12 +51,16 @@ class PersistentObject:
         return dict(self.state.get("_modules") or {})
 
     def tensors(self, prefix: str = "") -> dict[str, torch.Tensor]:
-        """Every parameter and buffer under this module, by dotted name (None buffers skipped)."""
+        """Every parameter and buffer under this module, by dotted name (None buffers skipped).
+
+        Tensor data is decoded here, on first use: a training pickle also carries the discriminator and
+        the non-averaged generator, which inference never reads.
+        """
         out: dict[str, torch.Tensor] = {}
         for key in ("_parameters", "_buffers"):
             for name, value in (self.state.get(key) or {}).items():
                 if value is not None:
-                    out[prefix + name] = value
+                    out[prefix + name] = value.materialize() if isinstance(value, LazyTensor) else value
         for name, sub in self.submodules.items():
             if isinstance(sub, PersistentObject):
                 out.update(sub.tensors(f"{prefix}{name}."))
@@ -113,15 +117,54 @@ def _codecs_encode(text: Any, encoding: str = "utf-8") -> bytes:
     return text.encode("latin1")
 
 
-def _rebuild_tensor_v2(storage: torch.Tensor, offset: int, size: tuple, stride: tuple,
-                       requires_grad: bool = False, backward_hooks: Any = None, metadata: Any = None) -> torch.Tensor:
+class LazyStorage:
+    """An embedded ``torch.save`` storage stream, decoded the first time a tensor over it is used."""
+
+    def __init__(self, data: bytes, source: str) -> None:
+        if not isinstance(data, (bytes, bytearray)):
+            raise CheckpointError(f"{source}: embedded storage is not bytes")
+        self.data: bytes | bytearray | None = data
+        self.source = source
+        self._tensor: torch.Tensor | None = None
+
+    def tensor(self) -> torch.Tensor:
+        if self._tensor is None:
+            assert self.data is not None
+            self._tensor = load_legacy_storage(self.data, self.source)
+            self.data = None
+        return self._tensor
+
+
+class LazyTensor:
+    """A tensor of a NVlabs pickle whose storage has not been decoded yet (see :meth:`materialize`)."""
+
+    def __init__(self, storage: LazyStorage, offset: int, size: tuple, stride: tuple) -> None:
+        self.storage, self.offset, self.size, self.stride = storage, int(offset), tuple(size), tuple(stride)
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.size)
+
+    def materialize(self) -> torch.Tensor:
+        try:
+            return _rebuild_tensor_v2(self.storage.tensor(), self.offset, self.size, self.stride)
+        except RuntimeError as exc:  # a view outside its storage
+            raise CheckpointError(f"{self.storage.source}: malformed tensor view ({exc})") from None
+
+
+def _rebuild_tensor_v2(storage: Any, offset: int, size: tuple, stride: tuple,
+                       requires_grad: bool = False, backward_hooks: Any = None, metadata: Any = None) -> Any:
+    if isinstance(storage, LazyStorage):
+        if not (isinstance(size, tuple) and isinstance(stride, tuple) and len(size) == len(stride)):
+            raise CheckpointError(f"{storage.source}: tensor with malformed size {size!r} / stride {stride!r}")
+        return LazyTensor(storage, offset, size, stride)
     if not isinstance(storage, torch.Tensor):
         raise CheckpointError(f"tensor rebuilt over a {type(storage).__name__}, expected a storage")
     return torch.as_strided(storage, tuple(size), tuple(stride), int(offset))
 
 
-def _rebuild_parameter(data: torch.Tensor, requires_grad: bool = False, backward_hooks: Any = None,
-                       state: Any = None) -> torch.Tensor:
+def _rebuild_parameter(data: Any, requires_grad: bool = False, backward_hooks: Any = None,
+                       state: Any = None) -> Any:
     return data
 
 
@@ -289,11 +332,10 @@ def load_legacy_storage(data: bytes, source: str = "<embedded tensor>") -> torch
             raise CheckpointError(f"{source}: embedded tensor data is truncated")
         (numel,) = struct.unpack("<q", header)
         nbytes = numel * storage.element_size()
-        raw = f.read(nbytes)
-        if numel != storage.numel() or len(raw) != nbytes:
+        if numel != storage.numel() or len(data) - f.tell() < nbytes:
             raise CheckpointError(f"{source}: embedded tensor data is truncated or inconsistent")
-        if nbytes:
-            storage.view(torch.uint8).copy_(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+        if nbytes and f.readinto(storage.view(torch.uint8).numpy()) != nbytes:  # straight into the tensor
+            raise CheckpointError(f"{source}: embedded tensor data is truncated or inconsistent")
     if not isinstance(obj, torch.Tensor):
         raise CheckpointError(f"{source}: embedded tensor data does not hold a storage")
     return obj
@@ -313,7 +355,7 @@ def load_nvlabs_pickle(file: Any, source: str) -> Any:
         ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
         ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
         ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-        ("torch.storage", "_load_from_bytes"): _safe_call(load_legacy_storage, source),
+        ("torch.storage", "_load_from_bytes"): _safe_call(LazyStorage, source),
         ("torch", "device"): torch.device,
         ("dnnlib.tflib.network", "Network"): TFNetwork,
     })
