@@ -1,6 +1,10 @@
 """Speed of the weights-free default generator on the CPU.
 
-    python benchmarks/bench_default.py [--sizes 512,1024] [--threads 0,1]
+    python benchmarks/bench_default.py [--sizes 512,1024] [--threads 0,1] [--first-frame-repeats 5]
+
+First, the tap to first frame: the generator's own time from a request to its first frame at
+512 px (built and rendered in fresh worker processes, then the next tap); the display's and the
+worker's signalling around it is measured by ``bench_tap.py``.
 
 For each image size and torch thread count, renders through the generator
 (float32 and under bfloat16 autocast) and through the plain NumPy reference of
@@ -77,6 +81,48 @@ def bench(sizes: list[int], threads: list[int]) -> list[tuple]:
     return rows
 
 
+_FIRST_FRAME = r"""
+import json, os, sys, time
+t0 = time.perf_counter()
+import torch
+from pathlib import Path
+from renderer.base import RenderContext, RenderRequest
+from renderer.generators import default as dg
+imported = time.perf_counter() - t0
+size, seed = int(sys.argv[1]), int(sys.argv[2])
+ctx = RenderContext(device=torch.device("cpu"), dtype=torch.bfloat16, weights_dir=Path("."), work_dir=Path("."))
+frames = []
+ctx.progress = lambda info: frames.append(time.perf_counter()) if "image" in info else None
+t = time.perf_counter()
+gen = dg.DefaultGenerator({}, ctx)
+gen.render(RenderRequest(0, "tap", "default", (), seed, size, size, {"sigma": 1.5}), ctx)
+cold = frames[-1] - t
+t = time.perf_counter()
+gen.render(RenderRequest(1, "tap", "default", (), seed + 1, size, size, {"sigma": 1.5}), ctx)
+warm = frames[-1] - t
+print(json.dumps({"import": imported, "cold": cold, "warm": warm, "load": os.getloadavg()[0]}))
+"""
+
+
+def first_frame(size: int, repeats: int) -> list[dict]:
+    """The generator's own time from a tap's request to its first frame, in fresh worker processes.
+
+    ``cold``: the generator built and its first picture made in a process that has only imported
+    torch and the renderer (what a worker has done at start-up); ``warm``: the next tap's picture.
+    """
+    import json
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = []
+    for i in range(repeats):
+        res = subprocess.run([sys.executable, "-c", _FIRST_FRAME, str(size), str(100 + i)], capture_output=True,
+                             text=True, env=env, check=True, timeout=300)
+        out.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    return out
+
+
 def check_agreement() -> float:
     settings = dg.parse_settings({"sigma": SIGMA})
     net = dg.build_network(settings)
@@ -89,11 +135,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="512,1024")
     parser.add_argument("--threads", default="0,1", help="comma-separated torch thread counts; 0 = default")
+    parser.add_argument("--first-frame-repeats", type=int, default=5, help="fresh processes for tap to first frame")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
     print(f"device: {describe(torch.device('cpu'))}, torch {torch.__version__}, sigma {SIGMA}")
     print(f"fast vs reference raw outputs, max abs difference: {check_agreement():.2e}")
+    ff = first_frame(512, args.first_frame_repeats)
+    med = {k: statistics.median(r[k] for r in ff) for k in ("import", "cold", "warm", "load")}
+    print(f"tap to first frame at 512 px, the generator's own time (median of {len(ff)} fresh worker processes): "
+          f"cold {med['cold'] * 1e3:.0f} ms (generator built + first picture), warm {med['warm'] * 1e3:.0f} ms "
+          f"(the next tap); goal < 150 ms; [torch + renderer import at worker start-up: {med['import']:.2f} s]; "
+          f"load {med['load']:.2f}")
     rows = bench(sizes, threads)
     head = f"{'threads':>7} {'size':>5}  {'implementation':<26} {'median s':>9} {'best s':>8} {'img/s':>7} {'x ref (med)':>11} {'x ref (best)':>12}"
     print(head)

@@ -1,26 +1,30 @@
-"""Seconds per VQGAN+CLIP optimisation step: our batched cutouts vs a per-cutout loop of the classic kind.
+"""Seconds per Doorways (VQGAN+CLIP) optimisation step at real size: ours against the classic loop, and our floor.
 
-Both variants share the same models, canvas, prompts and Adam settings in the same
-process; only the cutout path differs:
+By default the real architectures with random weights: the ``vqgan_imagenet_f16_16384`` decoder
+(its official ddconfig) and open_clip's ViT-B-32.  ``--quick`` uses the same layouts at reduced
+width (decoder ch=32, ViT width 256 with 4 layers) and says so in every line it prints.
 
-- batched (ours): the generator's ``make_cutouts`` -- crops resized by one ``roi_align`` on CUDA (by a
-  slice and area pool per crop on the CPU, where roi_align's backward is single-threaded), then one
-  batched affine warp / blur / jitter / noise, one CLIP forward, panorama-weighted spherical distance.
-- per-cutout (baseline): a Python loop that slices each crop, pools/resizes it, augments it
-  with its own kornia calls, then concatenates for one CLIP forward (the shape of the
-  2021 notebooks' ``MakeCutouts``).
+Variants, each with its own latent, Adam and random stream, on the same canvas and prompts:
 
-Models are random-initialised.  The full-size f16_16384 decoder and ViT-B-32 take tens of
-seconds per step on a small CPU, so by default this uses the same architectures at reduced
-width (decoder ch=32 with the f16 ch_mult; ViT-B-32 layout with width 256, 4 layers) and says
-so in its output; ``--full`` uses the real sizes.  The two variants' steps are taken alternately
-(one warm-up step each first), so load from elsewhere on the machine falls on both alike; each point
-reports the median and range of several steps and the memory one step adds (CUDA: allocator peak;
-CPU: RSS sampled from /proc).  Run: ``python benchmarks/bench_doorways.py [--device cuda]``.
+- classic: the 2021 notebooks' loop -- float32, NCHW, and a Python loop that crops, resizes and
+  augments each cutout with its own kornia calls before one CLIP forward;
+- ours: what the Doorways generator runs -- autocast in the device's reduced precision (bfloat16 on
+  the CPU), channels-last decoder activations, all cutouts cropped and augmented as one batch.
+
+Steps are taken alternately (classic, ours, ours' floor, ...) after one warm-up each, so load from
+elsewhere on the machine falls on all alike; each figure is the median of the timed steps, printed
+with the load average (``os.getloadavg``) seen while they ran.  The floor is what no cutout or loss
+code can go below: the decoder's forward+backward and CLIP's forward+backward on a batch of the same
+number of cutouts, in ours' precision and layout.  Memory is the RSS a step adds (CUDA: allocator
+peak).  Agreement with float32 on a fixed seed: the decoded image, CLIP's embeddings of the same
+cutouts and the gradient on the latent (the direction each step moves the picture).
+
+    python benchmarks/bench_doorways.py [--sizes 512] [--cuts 64] [--steps 3] [--quick] [--device cuda]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import os
 import resource
@@ -34,6 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from renderer.device import autocast_dtype, describe  # noqa: E402
 from renderer.vqgan_clip import cutouts as cut  # noqa: E402
 from renderer.vqgan_clip.clip_guidance import OPENAI_MEAN, OPENAI_STD, ClipModel, prompt_loss  # noqa: E402
 from renderer.vqgan_clip.losses import prompt_position_weights  # noqa: E402
@@ -97,10 +102,11 @@ def per_cutout_loop(image: torch.Tensor, boxes: cut.Boxes, size: int, cfg: cut.A
 
 
 class Variant:
-    """One optimisation (its own z, Adam and random stream) using either cutout path."""
+    """One optimisation (its own z, Adam and random stream): the classic loop or ours."""
 
-    def __init__(self, vq: VQGAN, clip: ClipModel, size: int, n_cut: int, batched: bool, device: torch.device):
-        self.vq, self.clip, self.n_cut, self.batched, self.device = vq, clip, n_cut, batched, device
+    def __init__(self, vq: VQGAN, clip: ClipModel, size: int, n_cut: int, ours: bool, device: torch.device):
+        self.vq, self.clip, self.n_cut, self.ours, self.device = vq, clip, n_cut, ours, device
+        self.amp = autocast_dtype(device) if ours else None
         self.g = torch.Generator().manual_seed(0)
         self.width, self.height = size * 2, size  # a panorama, the Doorways shape
         self.z = vq.random_latent(self.height, self.width, self.g).to(device).requires_grad_(True)
@@ -108,19 +114,39 @@ class Variant:
         self.weights = torch.tensor([1.0, 1.0])
         self.opt = torch.optim.Adam([self.z], lr=0.1)
         self.aug_cfg = cut.AugmentConfig()
+        # float16 (CUDA without bfloat16) needs loss scaling; bfloat16 and float32 do not
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp == torch.float16 else None
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
 
     def step(self) -> None:
         self.opt.zero_grad(set_to_none=True)
-        image = self.vq.synth(self.z)
-        boxes = cut.sample_boxes(self.n_cut, self.width, self.height, self.clip.size, 1.0, self.g)
-        if self.batched:
-            batch = cut.make_cutouts(image, boxes, self.clip.size, cut.sample_augment(boxes, self.aug_cfg, self.g))
+        with self._autocast():
+            image = self.vq.synth(self.z)
+            boxes = cut.sample_boxes(self.n_cut, self.width, self.height, self.clip.size, 1.0, self.g)
+            if self.ours:
+                batch = cut.make_cutouts(image, boxes, self.clip.size, cut.sample_augment(boxes, self.aug_cfg, self.g))
+            else:
+                batch = per_cutout_loop(image, boxes, self.clip.size, self.aug_cfg, self.g)
+            posw = prompt_position_weights(boxes.x_centre, self.weights, "linear").to(self.device)
+            loss = prompt_loss(self.clip.encode_image(batch), self.targets, self.weights.to(self.device), posw)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
         else:
-            batch = per_cutout_loop(image, boxes, self.clip.size, self.aug_cfg, self.g)
-        posw = prompt_position_weights(boxes.x_centre, self.weights, "linear").to(self.device)
-        loss = prompt_loss(self.clip.encode_image(batch), self.targets, self.weights.to(self.device), posw)
-        loss.backward()
-        self.opt.step()
+            loss.backward()
+            self.opt.step()
+
+    def floor(self) -> None:
+        """Decoder forward+backward and CLIP forward+backward on as many cutouts, nothing else."""
+        z = self.z.detach().requires_grad_(True)
+        cuts = torch.rand(self.n_cut, 3, self.clip.size, self.clip.size, device=self.device, requires_grad=True)
+        with self._autocast():
+            image = self.vq.synth(z)
+            emb = self.clip.encode_image(cuts)
+        torch.autograd.backward([image.float().sum(), emb.sum()])
 
 
 class PeakMemory:
@@ -180,87 +206,98 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(vq: VQGAN, clip: ClipModel, size: int, n_cut: int, steps: int, device: torch.device,
-            mem: PeakMemory) -> dict[str, dict[str, float]]:
-    """Both variants, one warm-up step each, then ``steps`` timed steps taken alternately.
-
-    Alternating puts any load from elsewhere on the machine on both variants alike.  Memory is
-    measured on the warm-up steps only (trimming the heap and sampling RSS would disturb the timings).
-    Per variant: median and min/max seconds per step, and the memory one step adds.
-    """
-    variants = {"batched": Variant(vq, clip, size, n_cut, True, device),
-                "loop": Variant(vq, clip, size, n_cut, False, device)}
-    times: dict[str, list[float]] = {k: [] for k in variants}
+def measure(vq_classic: VQGAN, vq_ours: VQGAN, clip: ClipModel, size: int, n_cut: int, steps: int,
+            device: torch.device, mem: PeakMemory) -> dict[str, dict[str, float]]:
+    """One warm-up each (memory measured there), then ``steps`` rounds of classic, ours, ours' floor."""
+    classic = Variant(vq_classic, clip, size, n_cut, False, device)
+    ours = Variant(vq_ours, clip, size, n_cut, True, device)
+    runs = {"classic": classic.step, "ours": ours.step, "floor": ours.floor}
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    loads: list[float] = []
     growth: dict[str, float] = {}
-    for name, v in variants.items():
+    for name, fn in runs.items():
         base = mem.start()
-        v.step()
+        fn()
         growth[name] = (mem.stop() - base) / 2**20
     for _ in range(steps):
-        for name, v in variants.items():
+        for name, fn in runs.items():
             _sync(device)
             t = time.perf_counter()
-            v.step()
+            fn()
             _sync(device)
             times[name].append(time.perf_counter() - t)
-    return {k: {"median": statistics.median(ts), "min": min(ts), "max": max(ts), "n": len(ts),
-                "mem_mib": growth[k]} for k, ts in times.items()}
+            loads.append(os.getloadavg()[0])
+    out = {k: {"median": statistics.median(ts), "min": min(ts), "max": max(ts), "n": len(ts),
+               "mem_mib": growth[k]} for k, ts in times.items()}
+    out["load"] = {"median": statistics.median(loads), "min": min(loads), "max": max(loads)}
+    return out
 
 
-def cutout_only(image: torch.Tensor, clip: ClipModel, n_cut: int, batched: bool, reps: int = 3) -> float:
-    """Forward+backward of the cutout stage alone (no decoder, no CLIP)."""
-    g = torch.Generator().manual_seed(1)
-    cfg = cut.AugmentConfig()
-    image = image.detach().requires_grad_(True)
-    t = time.perf_counter()
-    for _ in range(reps):
-        boxes = cut.sample_boxes(n_cut, image.shape[-1], image.shape[-2], clip.size, 1.0, g)
-        out = cut.make_cutouts(image, boxes, clip.size, cut.sample_augment(boxes, cfg, g)) if batched \
-            else per_cutout_loop(image, boxes, clip.size, cfg, g)
-        out.mean().backward()
-    _sync(image.device)
-    return (time.perf_counter() - t) / reps
+def agreement(vq_fp32: VQGAN, vq_ours: VQGAN, clip: ClipModel, size: int, n_cut: int,
+              device: torch.device) -> dict[str, float]:
+    """Ours (reduced precision, channels-last) against float32 NCHW on one fixed seed."""
+    g = torch.Generator().manual_seed(1234)
+    z0 = vq_fp32.random_latent(size, 2 * size, g).to(device)
+    boxes = cut.sample_boxes(n_cut, 2 * size, size, clip.size, 1.0, g)
+    aug = cut.sample_augment(boxes, cut.AugmentConfig(), g)
+    targets = clip.encode_text(["entrance to heaven", "entrance to hell"], device)
+    weights = torch.tensor([1.0, 1.0], device=device)
+    posw = prompt_position_weights(boxes.x_centre, weights.cpu(), "linear").to(device)
+    res = {}
+    for name, vq, amp in (("fp32", vq_fp32, None), ("ours", vq_ours, autocast_dtype(device))):
+        z = z0.clone().requires_grad_(True)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            image = vq.synth(z)
+            emb = clip.encode_image(cut.make_cutouts(image, boxes, clip.size, aug))
+            loss = prompt_loss(emb, targets, weights, posw)
+        loss.backward()
+        res[name] = (image.detach().float(), emb.detach().float(), float(loss.detach()), z.grad.detach().flatten().float())
+        del image, emb, loss, z
+    (i32, e32, l32, g32), (i16, e16, l16, g16) = res["fp32"], res["ours"]
+    return {"image_max": float((i32 - i16).abs().max()), "image_mean": float((i32 - i16).abs().mean()),
+            "emb_cos_min": float(torch.nn.functional.cosine_similarity(e32, e16, dim=-1).min()),
+            "loss_rel": abs(l32 - l16) / max(abs(l32), 1e-12),
+            "grad_cos": float(torch.nn.functional.cosine_similarity(g32, g16, dim=0))}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--full", action="store_true", help="full-size models (slow on a CPU)")
-    ap.add_argument("--steps", type=int, default=4, help="timed steps per variant and point (after one warm-up)")
-    ap.add_argument("--large-steps", type=int, default=2,
-                    help="timed steps for canvases of height 768 and above (they are slow on a CPU)")
-    ap.add_argument("--sizes", default="256,512,768", help="canvas heights; widths are twice that")
-    ap.add_argument("--cuts", default="32,64", help="cutout counts")
+    ap.add_argument("--quick", action="store_true", help="reduced-width models (labelled as such)")
+    ap.add_argument("--steps", type=int, default=3, help="timed rounds (after one warm-up each)")
+    ap.add_argument("--sizes", default="512", help="canvas heights; widths are twice that")
+    ap.add_argument("--cuts", default="64", help="cutout counts")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    vq, clip, note = build_models(args.full)
+    vq, clip, note = build_models(not args.quick)
     vq, clip.model = vq.to(device), clip.model.to(device)
+    vq_ours = copy.deepcopy(vq).to(memory_format=torch.channels_last)
     mem = PeakMemory(device)
     mem_note = "CUDA peak allocated above the step's start" if device.type == "cuda" else \
         "peak RSS growth within the warm-up step, sampled every 4 ms"
-    print(f"models: {note}; device: {device}; torch threads: {torch.get_num_threads()}")
-    print("s/step: median [min-max] of N timed steps per variant, taken alternately after one warm-up step each")
-    print(f"{'canvas':>10} {'cuts':>5} {'N':>2} {'batched s/step':>22} {'per-cutout s/step':>22} {'ratio':>6} "
-          f"{'cutouts-only':>12} {'mem MiB batched':>16} {'mem MiB loop':>13}")
+    tag = "QUICK MODE (reduced width, not the real models)" if args.quick else "real size"
+    print(f"models: {note} [{tag}]; device: {describe(device)}; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; ours: autocast {autocast_dtype(device)}, channels-last, batched cutouts")
+    print(f"{'canvas':>10} {'cuts':>5} {'classic s/step':>15} {'ours s/step':>12} {'floor s':>8} {'speed-up':>9} "
+          f"{'ours/floor':>10} {'MiB classic':>12} {'MiB ours':>9} {'load (min-max)':>16}")
     t0 = time.perf_counter()
     for size in (int(x) for x in args.sizes.split(",")):
         for n_cut in (int(x) for x in args.cuts.split(",")):
-            steps = args.large_steps if size >= 768 else args.steps
-            r = measure(vq, clip, size, n_cut, steps, device, mem)
-            img = torch.rand(1, 3, size, 2 * size, device=device)
-            c_fast = cutout_only(img, clip, n_cut, True)
-            c_slow = cutout_only(img, clip, n_cut, False)
-            b, lp = r["batched"], r["loop"]
-            print(f"{2 * size:>5}x{size:<4} {n_cut:>5} {b['n']:>2} "
-                  f"{b['median']:>7.2f} [{b['min']:.2f}-{b['max']:.2f}]".ljust(40) +
-                  f"{lp['median']:>7.2f} [{lp['min']:.2f}-{lp['max']:.2f}]".rjust(22) +
-                  f" {lp['median'] / b['median']:>6.2f} {c_slow / c_fast:>12.2f} {b['mem_mib']:>16.0f}"
-                  f" {lp['mem_mib']:>13.0f}", flush=True)
+            r = measure(vq, vq_ours, clip, size, n_cut, args.steps, device, mem)
+            c, o, f, ld = r["classic"], r["ours"], r["floor"], r["load"]
+            print(f"{2 * size:>5}x{size:<4} {n_cut:>5} {c['median']:>15.2f} {o['median']:>12.2f} {f['median']:>8.2f} "
+                  f"{c['median'] / o['median']:>8.2f}x {o['median'] / f['median']:>10.2f} {c['mem_mib']:>12.0f} "
+                  f"{o['mem_mib']:>9.0f} {ld['median']:>6.2f} ({ld['min']:.1f}-{ld['max']:.1f})"
+                  + ("  [quick]" if args.quick else ""), flush=True)
+            a = agreement(vq, vq_ours, clip, size, n_cut, device)
+            print(f"{'':>16} agreement with float32 on seed 1234: image max |d| {a['image_max']:.4f}, "
+                  f"mean |d| {a['image_mean']:.5f} (pixels in 0..1); CLIP embedding cosine >= {a['emb_cos_min']:.4f}; "
+                  f"loss rel. diff {a['loss_rel']:.2e}; latent-gradient cosine {a['grad_cos']:.4f}", flush=True)
     mem.close()
-    print(f"total {time.perf_counter() - t0:.0f} s; ratio = per-cutout median / batched median; "
-          f"cutouts-only = the same ratio for the cutout stage alone (forward+backward); mem: {mem_note}; "
-          f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(f"total {time.perf_counter() - t0:.0f} s; s/step: median of {args.steps} alternated rounds; speed-up = "
+          f"classic / ours; floor = decoder fwd+bwd + CLIP fwd+bwd on the cutout batch in ours' precision; "
+          f"mem: {mem_note}; process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -1,146 +1,294 @@
-"""StyleGAN synthesis speed on this machine: images/s and single-image latency at 256/512/1024.
+"""StyleGAN2 synthesis and checkpoint loading at official size: ours against an NVlabs-equivalent reference.
 
-Networks are randomly initialised StyleGAN2 synthesis networks with reduced channel
-counts (channel_base / channel_max below; the official 1024px FFHQ net uses 32768 / 512)
-so that a CPU run stays within a few minutes.  The baseline is the classic per-sample
-loop: for each image, modulate and demodulate the weights and run an ordinary
-(non-grouped) convolution, upsampling with a per-sample transposed conv + FIR, written
-here and run in the same process on the same weights.  Its images are checked against
-ours before timing.  StyleGAN and StyleGAN3 single-image latencies are listed too.
-On the CPU our networks also run a batch one sample at a time (measured faster there
-than one grouped convolution over the batch: better cache use), so the ratio is about 1;
-the last column times the grouped-convolution batch path that runs on CUDA
-(``--device cuda``).
+The networks are the official StyleGAN2(-ADA) synthesis architecture (channel_base 32768,
+channel_max 512, conv_clamp 256, const noise) built here with random weights at 256, 512 and
+1024 px.  ``--quick`` shrinks the widths (channel_base 8192, channel_max 128) and 256/512 px only,
+and labels every line it prints as quick.
 
-    python benchmarks/bench_stylegan.py [--quick]
+The reference is NVlabs' inference path on the CPU, written out in this file on the same weights:
+``modulated_conv2d`` with ``fused_modconv`` (per-sample kernels, one grouped convolution for the
+batch), ``conv2d_resample`` (transposed convolution, then the 2-D FIR), ``upfirdn2d``'s reference
+implementation (zero insertion, pad, depthwise convolution) and ``bias_act``'s reference (bias,
+leaky ReLU, gain, clamp, each a new tensor), all in NCHW.  Run by hand beside this on the same
+official-size pickles, NVlabs' own ``stylegan2-ada-pytorch`` code gave the same images as this
+reference to float rounding and timings within the run-to-run noise of this machine.
+
+Figures are medians of interleaved rounds (reference, ours, ours under bfloat16 autocast, ...) after
+one warm-up each, with the load average seen during the rounds.  Agreement is the largest absolute
+difference from the float32 reference (images are about -1..1).
+
+Loading: an official-format pickle of the same 1024 px network (``G``, ``G_ema`` and a
+discriminator-sized third network, as training writes them) against the reference loader --
+NVlabs' ``pickle.load`` with every embedded storage decoded by ``torch.load`` -- and our safetensors
+cache that later loads use.
+
+    python benchmarks/bench_stylegan.py [--quick] [--rounds 3] [--batches 1,4] [--device cuda]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import math
+import os
+import pickle
+import resource
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from renderer.stylegan.ops import upfirdn2d, upsample2d  # noqa: E402
-from renderer.stylegan.sg1 import SG1Synthesis  # noqa: E402
+from renderer.device import describe  # noqa: E402
+from renderer.stylegan.loaders import load_synthesis  # noqa: E402
 from renderer.stylegan.sg2 import SG2Synthesis, sg2_channels  # noqa: E402
-from renderer.stylegan.sg3 import SG3Synthesis  # noqa: E402
 
-CHANNEL_BASE = 8192
-CHANNEL_MAX = 128
 W_DIM = 512
+OFFICIAL = dict(channel_base=32768, channel_max=512)
+QUICK = dict(channel_base=8192, channel_max=128)
 
 
-def classic_loop_sg2(net: SG2Synthesis, ws: torch.Tensor) -> torch.Tensor:
-    """Per-sample, non-grouped StyleGAN2 synthesis (the straightforward implementation)."""
-    out = []
-    for w in ws:
-        def modconv(x: torch.Tensor, layer, i: int, demod: bool = True, up: int = 1) -> torch.Tensor:
-            s = layer.affine(w[i:i + 1])[0]
-            if not demod:
-                s = s * layer.weight_gain
-            wt = layer.weight * s[None, :, None, None]
-            if demod:
-                wt = wt * (wt.square().sum(dim=[1, 2, 3], keepdim=True) + 1e-8).rsqrt()
-            if up == 1:
-                return F.conv2d(x, wt, padding=wt.shape[-1] // 2)
-            y = F.conv_transpose2d(x, wt.transpose(0, 1), stride=2)
-            return upfirdn2d(y, layer.resample_filter, padding=[1, 1, 1, 1], gain=4)
-
-        def act(x: torch.Tensor, layer) -> torch.Tensor:
-            x = x + (layer.noise_const * layer.noise_strength)
-            return F.leaky_relu(x + layer.bias.reshape(1, -1, 1, 1), 0.2) * math.sqrt(2)
-
-        x = net.b4.const[None].to(ws.dtype)
-        x = act(modconv(x, net.b4.conv1, 0), net.b4.conv1)
-        img = modconv(x, net.b4.torgb, 1, demod=False) + net.b4.torgb.bias.reshape(1, -1, 1, 1)
-        i = 1
-        for res in net.block_resolutions[1:]:
-            b = getattr(net, f"b{res}")
-            x = act(modconv(x, b.conv0, i, up=2), b.conv0)
-            x = act(modconv(x, b.conv1, i + 1), b.conv1)
-            img = upsample2d(img, b.resample_filter)
-            img = img + modconv(x, b.torgb, i + 2, demod=False) + b.torgb.bias.reshape(1, -1, 1, 1)
-            i += 2
-        out.append(img)
-    return torch.cat(out)
+# --------------------------------------------------------------------------- the NVlabs-equivalent reference
 
 
-DEVICE = torch.device("cpu")
+def ref_upfirdn2d(x: torch.Tensor, f: torch.Tensor, up: int = 1, pad: tuple[int, int, int, int] = (0, 0, 0, 0),
+                  gain: float = 1.0) -> torch.Tensor:
+    """``upfirdn2d._upfirdn2d_ref``: zero insertion, pad/crop, 2-D depthwise FIR (NCHW)."""
+    n, c, h, w = x.shape
+    if up > 1:
+        x = F.pad(x.reshape(n, c, h, 1, w, 1), [0, up - 1, 0, 0, 0, up - 1]).reshape(n, c, h * up, w * up)
+    px0, px1, py0, py1 = pad
+    x = F.pad(x, [max(px0, 0), max(px1, 0), max(py0, 0), max(py1, 0)])
+    x = x[:, :, max(-py0, 0): x.shape[2] - max(-py1, 0), max(-px0, 0): x.shape[3] - max(-px1, 0)]
+    f = (f * gain).flip([0, 1])[None, None].repeat(c, 1, 1, 1).to(x.dtype)
+    return F.conv2d(x, f, groups=c)
 
 
-def timeit(fn: Callable[[], object], reps: int) -> float:
-    """Seconds per call: the fastest of ``reps`` calls after one warm-up (robust on a shared machine)."""
-    fn()
-    best = math.inf
-    for _ in range(reps):
-        if DEVICE.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+def ref_modconv(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor, demodulate: bool, up: int,
+                padding: int, f: torch.Tensor | None) -> torch.Tensor:
+    """``modulated_conv2d`` with ``fused_modconv=True``: per-sample kernels, one grouped convolution."""
+    n = x.shape[0]
+    out_ch, in_ch, kh, kw = weight.shape
+    w = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)
+    if demodulate:
+        w = w * (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt().reshape(n, -1, 1, 1, 1)
+    x = x.reshape(1, -1, *x.shape[2:])
+    w = w.reshape(-1, in_ch, kh, kw)
+    if up == 1:
+        x = F.conv2d(x, w, padding=padding, groups=n)
+    else:  # conv2d_resample: transposed convolution, then the FIR with the remaining padding
+        fw = f.shape[-1]
+        p0 = padding + (fw + up - 1) // 2 - (kw - 1)
+        p1 = padding + (fw - up) // 2 - (kw - up)
+        pt = max(min(-p0, -p1), 0)
+        wt = w.reshape(n, out_ch, in_ch, kh, kw).transpose(1, 2).reshape(n * in_ch, out_ch, kh, kw)
+        x = F.conv_transpose2d(x, wt, stride=up, padding=pt, groups=n)
+        x = ref_upfirdn2d(x, f, pad=(p0 + pt, p1 + pt, p0 + pt, p1 + pt), gain=up * up)
+    return x.reshape(n, -1, *x.shape[2:])
+
+
+def ref_bias_act(x: torch.Tensor, b: torch.Tensor, slope: float | None, gain: float, clamp: float | None) -> torch.Tensor:
+    x = x + b.reshape(1, -1, 1, 1)
+    if slope is not None:
+        x = F.leaky_relu(x, slope)
+    x = x * gain
+    return x.clamp(-clamp, clamp) if clamp is not None else x
+
+
+def reference_sg2(net: SG2Synthesis, ws: torch.Tensor) -> torch.Tensor:
+    """NVlabs' ``SynthesisNetwork.forward`` on the CPU (skip architecture, noise_mode='const', float32)."""
+
+    def affine(layer: Any, w: torch.Tensor) -> torch.Tensor:
+        fc = layer.affine
+        return torch.addmm(fc.bias * fc.bias_gain, w, (fc.weight * fc.weight_gain).t())
+
+    def synth_layer(layer: Any, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        x = ref_modconv(x, layer.weight, affine(layer, w), True, layer.up, 1, layer.resample_filter)
+        x = x + layer.noise_const * layer.noise_strength
+        return ref_bias_act(x, layer.bias, 0.2, math.sqrt(2), layer.conv_clamp)
+
+    def torgb(layer: Any, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        x = ref_modconv(x, layer.weight, affine(layer, w) * layer.weight_gain, False, 1, 0, None)
+        return ref_bias_act(x, layer.bias, None, 1.0, layer.conv_clamp)
+
+    x = img = None
+    i = 0
+    for res in net.block_resolutions:
+        b = getattr(net, f"b{res}")
+        if res == 4:
+            x = b.const.unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
+            x = synth_layer(b.conv1, x, ws[:, i])
+        else:
+            x = synth_layer(b.conv0, x, ws[:, i])
+            x = synth_layer(b.conv1, x, ws[:, i + 1])
+        y = torgb(b.torgb, x, ws[:, i + b.num_conv])
+        if img is not None:
+            img = ref_upfirdn2d(img, b.resample_filter, up=2, pad=(2, 1, 2, 1), gain=4)
+        img = y if img is None else img + y
+        i += b.num_conv
+    return img
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rounds(fns: dict[str, Callable[[], Any]], n: int, device: torch.device) -> tuple[dict[str, float], list[float]]:
+    """One warm-up each, then ``n`` interleaved rounds; median seconds per name and the load averages seen."""
+    for fn in fns.values():
         fn()
-        if DEVICE.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    loads = []
+    for _ in range(n):
+        for name, fn in fns.items():
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t)
+            loads.append(os.getloadavg()[0])
+    return {k: statistics.median(v) for k, v in times.items()}, loads
+
+
+def official_net(res: int, widths: dict[str, int], seed: int) -> SG2Synthesis:
+    torch.manual_seed(seed)
+    net = SG2Synthesis(W_DIM, res, 3, sg2_channels(res, **widths), conv_clamp=256)
+    with torch.no_grad():
+        for layer in net.modules():
+            if hasattr(layer, "noise_strength"):
+                layer.noise_strength.fill_(0.1)  # trained networks have non-zero noise strengths
+            if hasattr(layer, "bias") and isinstance(layer.bias, torch.nn.Parameter) and layer.bias.ndim == 1:
+                layer.bias.normal_(0, 0.1)
+    return net.eval().requires_grad_(False)
+
+
+def bench_synthesis(args: argparse.Namespace, device: torch.device, widths: dict[str, int], quick: str) -> None:
+    resolutions = (256, 512) if args.quick else (256, 512, 1024)
+    batches = [int(b) for b in args.batches.split(",")]
+    print(f"{'res':>5} {'batch':>5} {'reference s':>12} {'ours s':>8} {'speed-up':>9} {'max |d|':>9} "
+          f"{'ours bf16 s':>12} {'speed-up':>9} {'bf16 max |d|':>13} {'load (min-max)':>16}")
+    for res in resolutions:
+        net = official_net(res, widths, seed=res).to(device)
+        for batch in batches:
+            ws = torch.randn(batch, net.num_ws, W_DIM, generator=torch.Generator().manual_seed(batch)).to(device)
+            with torch.no_grad():
+                ref = reference_sg2(net, ws)
+                diff = float((net(ws) - ref).abs().max())
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    diff16 = float((net(ws).float() - ref).abs().max())
+            del ref
+
+            def ours_bf16() -> Any:
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    return net(ws)
+
+            with torch.no_grad():
+                med, loads = rounds({"ref": lambda: reference_sg2(net, ws), "ours": lambda: net(ws),
+                                     "bf16": ours_bf16}, args.rounds, device)
+            print(f"{res:>5} {batch:>5} {med['ref']:>12.3f} {med['ours']:>8.3f} {med['ref'] / med['ours']:>8.2f}x "
+                  f"{diff:>9.1e} {med['bf16']:>12.3f} {med['ref'] / med['bf16']:>8.2f}x {diff16:>13.1e} "
+                  f"{statistics.median(loads):>6.2f} ({min(loads):.1f}-{max(loads):.1f}){quick}", flush=True)
+        del net
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _persistent_obj(meta: Any) -> Any:
+    return meta  # NVlabs rebuilds the module from meta['state'] without running __init__
+
+
+class _ReferenceUnpickler(pickle.Unpickler):
+    """NVlabs' ``legacy.load_network_pkl`` minus executing the pickled source: every storage via torch.load."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch_utils.persistence", "_reconstruct_persistent_obj"):
+            return _persistent_obj
+        return super().find_class(module, name)
+
+
+def reference_load(path: Path) -> Any:
+    with open(path, "rb") as f:
+        return _ReferenceUnpickler(f).load()["G_ema"]
+
+
+def bench_loading(args: argparse.Namespace, widths: dict[str, int], quick: str) -> None:
+    res = 512 if args.quick else 1024
+    net = official_net(res, widths, seed=7)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"sg2-{res}.pkl"
+        write_training_pickle(path, net)
+        size_mb = path.stat().st_size / 1e6
+        cache = Path(tmp) / "cache"
+        load_synthesis(path, cache)  # writes the cache
+        fns = {"reference": lambda: reference_load(path),
+               "ours": lambda: load_synthesis(path),
+               "ours+sha256": lambda: load_synthesis(path).sha256,
+               "ours cached": lambda: load_synthesis(path, cache)}
+        med, loads = rounds(fns, args.rounds, torch.device("cpu"))
+    print(f"loading a {size_mb:.0f} MB official-format pickle of the {res} px network: " + ", ".join(
+        f"{k} {v:.3f} s ({med['reference'] / v:.2f}x)" for k, v in med.items())
+          + f"; load {statistics.median(loads):.2f} ({min(loads):.1f}-{max(loads):.1f}){quick}")
+    print("  (ours: the network ready, its sha256 still hashing on a background thread; ours+sha256: both done;"
+          " ours cached: the safetensors cache written on first load)")
+
+
+def write_training_pickle(path: Path, net: SG2Synthesis) -> None:
+    """An official-format pickle as training writes it: G and G_ema separate, a discriminator of about their size.
+
+    Written with the tests' writer of the NVlabs format (``tests/stylegan_helpers.py``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import stylegan_helpers as h
+
+    src = "pass\n"
+    g_ema = _generator(net, src, h)
+    g = _generator(copy.deepcopy(net), src, h)
+    disc = h.persistent_tree(copy.deepcopy(net), src)
+    disc.class_name = "Discriminator"
+    out = dict(G=g, D=disc, G_ema=g_ema, augment_pipe=None, training_set_kwargs=None)
+    with h.official_globals(), open(path, "wb") as f:
+        h._NVPickler(f, protocol=3).dump(out)
+
+
+def _generator(net: SG2Synthesis, src: str, h: Any) -> Any:
+    syn_kwargs = dict(w_dim=net.w_dim, img_resolution=net.img_resolution, img_channels=net.img_channels,
+                      num_fp16_res=net.num_fp16_res, conv_clamp=net.conv_clamp, architecture="skip")
+    synthesis = h.persistent_tree(net, src, syn_kwargs, skip=("w_avg",))
+    mapping = h.Persistent("MappingNetwork", h._module_state(), src)
+    mapping.state["_buffers"]["w_avg"] = net.w_avg.detach().clone()
+    gen = h.Persistent("Generator", h._module_state(), src)
+    gen.state["_modules"].update(synthesis=synthesis, mapping=mapping)
+    return gen
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="256 and 512 only, shorter timing")
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--quick", action="store_true", help="reduced widths, 256 and 512 px (labelled quick)")
+    parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--no-loading", action="store_true", help="skip the loading comparison")
     args = parser.parse_args()
-    global DEVICE
-    DEVICE = torch.device(args.device)
-    torch.manual_seed(0)
-    torch.set_grad_enabled(False)
-    resolutions = (256, 512) if args.quick else (256, 512, 1024)
-    reps = 1 if args.quick else 2
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {DEVICE}; "
-          f"StyleGAN2 channel_base={CHANNEL_BASE} channel_max={CHANNEL_MAX} w_dim={W_DIM} "
-          f"(official: 32768 / 512); batch {args.batch} for throughput")
-    header = f"{'net':<10}{'res':>6}{'params':>9}{'ours img/s':>12}{'ours 1-img ms':>15}" \
-             f"{'loop img/s':>12}{'loop 1-img ms':>15}{'speed-up':>10}{'max |diff|':>12}{'grouped img/s':>15}"
-    print(header)
-    print("-" * len(header))
-    for res in resolutions:
-        net = SG2Synthesis(W_DIM, res, 3, sg2_channels(res, CHANNEL_BASE, CHANNEL_MAX)).eval().to(DEVICE)
-        with torch.no_grad():
-            for layer in net.modules():
-                if hasattr(layer, "noise_strength"):
-                    layer.noise_strength.fill_(0.1)
-        ws = torch.randn(args.batch, net.num_ws, W_DIM, device=DEVICE)
-        diff = float((net(ws) - classic_loop_sg2(net, ws)).abs().max())
-        ours_b = timeit(lambda: net(ws), reps)
-        loop_b = timeit(lambda: classic_loop_sg2(net, ws), reps)
-        grouped = timeit(lambda: net.synthesize(ws, "const", None), reps)
-        ours_1 = timeit(lambda: net(ws[:1]), reps + 1)
-        loop_1 = timeit(lambda: classic_loop_sg2(net, ws[:1]), reps + 1)
-        n_params = sum(p.numel() for p in net.parameters()) / 1e6
-        print(f"{'sg2':<10}{res:>6}{n_params:>8.1f}M{args.batch / ours_b:>12.2f}{ours_1 * 1e3:>15.1f}"
-              f"{args.batch / loop_b:>12.2f}{loop_1 * 1e3:>15.1f}{loop_b / ours_b:>9.2f}x{diff:>12.2e}"
-              f"{args.batch / grouped:>15.2f}")
-    # The other families, single-image latency only (no baseline of their own).
-    res = 256
-    others = {
-        "sg1": SG1Synthesis(W_DIM, res, 3, {r: min(CHANNEL_BASE // r, CHANNEL_MAX) for r in sg2_channels(res)}),
-        "sg3-t": SG3Synthesis(W_DIM, res, 3, channel_base=CHANNEL_BASE, channel_max=CHANNEL_MAX),
-        "sg3-r": SG3Synthesis(W_DIM, res, 3, channel_base=CHANNEL_BASE, channel_max=CHANNEL_MAX,
-                              conv_kernel=1, use_radial_filters=True),
-    }
-    for name, other in others.items():
-        other.eval().to(DEVICE)
-        ws = torch.randn(1, other.num_ws, W_DIM, device=DEVICE)
-        t = timeit(lambda: other(ws), 1)
-        n_params = sum(p.numel() for p in other.parameters()) / 1e6
-        print(f"{name:<10}{res:>6}{n_params:>8.1f}M{1 / t:>12.2f}{t * 1e3:>15.1f}{'-':>12}{'-':>15}{'-':>10}{'-':>12}{'-':>15}")
+    device = torch.device(args.device)
+    widths = QUICK if args.quick else OFFICIAL
+    quick = "  [quick: reduced width]" if args.quick else ""
+    print(f"StyleGAN2 synthesis, channel_base {widths['channel_base']} channel_max {widths['channel_max']} "
+          f"({'QUICK MODE, not the official size' if args.quick else 'official size'}); device {describe(device)}; "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    bench_synthesis(args, device, widths, quick)
+    if not args.no_loading:
+        bench_loading(args, widths, quick)
+    print(f"process peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB; seconds are "
+          f"medians of {args.rounds} interleaved rounds; speed-up = reference / ours")
 
 
 if __name__ == "__main__":

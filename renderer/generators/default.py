@@ -27,11 +27,12 @@ contact sheet.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -51,6 +52,10 @@ LABEL = "weights-free pattern network (no trained model)"
 W_DIM = 512
 PALETTES = ("cosine", "hsv")
 MAX_SIDE = 8192
+# Torch threads for a render.  The network is narrow (24 features), so a second thread gains little, and on
+# a machine also drawing the display (or shared), every parallel region waits for a descheduled thread: with
+# two threads a 512 px picture took 2-12 s under a load of 12 on two cores, with one 0.5 s.
+RENDER_THREADS = 1
 CHUNK_PIXELS = 1 << 14  # pixels per forward pass; bounds memory at any image size
 
 DEFAULTS: dict[str, Any] = {
@@ -533,7 +538,7 @@ class DefaultGenerator:
         device = net.freqs.device
         dtype = ctx.dtype
         use_autocast = s.autocast and dtype is not None and dtype != torch.float32 and device.type in ("cpu", "cuda")
-        with torch.inference_mode():
+        with torch.inference_mode(), _torch_threads(RENDER_THREADS if device.type == "cpu" else 0):
             if use_autocast:
                 with torch.autocast(device_type=device.type, dtype=dtype):
                     raw = forward(net, ws, req.width, req.height)
@@ -560,6 +565,20 @@ class DefaultGenerator:
             "autocast": str(dtype).replace("torch.", "") if use_autocast else "float32",
         }
         return RenderResult(image=image, meta=meta)
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run with ``n`` torch intra-op threads (0: leave as is), then restore the worker's setting."""
+    before = torch.get_num_threads()
+    if n <= 0 or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _check_size(req: RenderRequest) -> None:

@@ -25,7 +25,8 @@ Settings (the exhibit's ``[generator]`` table; a job's ``params`` override them)
 ``timelapse`` (int, 0): keep a frame every N steps and return a timelapse (0 = off);
 ``timelapse_format`` (``"mp4"`` | ``"gif"`` | ``"both"``, mp4).
 ``seed`` (int, optional): overrides the request's seed.
-``amp`` (bool, true): autocast with ``ctx.dtype``.  ``channels_last`` (bool, true, CUDA only).
+``amp`` (bool, true): autocast with ``ctx.dtype``.  ``channels_last`` (bool, true): channels-last decoder
+activations (with bfloat16 on the CPU, oneDNN's convolutions run about twice as fast in this layout).
 ``compile`` (bool, false): ``torch.compile`` the synthesis.  ``grad_checkpoint`` (``"auto"`` | bool,
 auto = canvases above 512x512): recompute decoder blocks in backward.
 ``init_image`` (path, optional): start from this picture (also ``RenderRequest.init_image``) -- the
@@ -189,8 +190,7 @@ class VqganClipGenerator(GuidedGenerator):
             p.copy_(torch.maximum(torch.minimum(p, hi), lo))
 
         vq.grad_checkpoint = self._grad_ckpt(s, width, height)
-        if device.type == "cuda" and s.channels_last:
-            vq.to(memory_format=torch.channels_last)
+        vq.to(memory_format=torch.channels_last if s.channels_last else torch.contiguous_format)
         generate = torch.compile(vq.synth) if s.compile else vq.synth
 
         def warp(p: torch.Tensor, matrix: torch.Tensor) -> None:
