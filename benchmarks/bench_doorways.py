@@ -104,9 +104,10 @@ def per_cutout_loop(image: torch.Tensor, boxes: cut.Boxes, size: int, cfg: cut.A
 class Variant:
     """One optimisation (its own z, Adam and random stream): the classic loop or ours."""
 
-    def __init__(self, vq: VQGAN, clip: ClipModel, size: int, n_cut: int, ours: bool, device: torch.device):
+    def __init__(self, vq: VQGAN, clip: ClipModel, size: int, n_cut: int, ours: bool, device: torch.device,
+                 amp: torch.dtype | None = None):
         self.vq, self.clip, self.n_cut, self.ours, self.device = vq, clip, n_cut, ours, device
-        self.amp = autocast_dtype(device) if ours else None
+        self.amp = (amp or autocast_dtype(device)) if ours else None
         self.g = torch.Generator().manual_seed(0)
         self.width, self.height = size * 2, size  # a panorama, the Doorways shape
         self.z = vq.random_latent(self.height, self.width, self.g).to(device).requires_grad_(True)

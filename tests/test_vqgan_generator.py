@@ -99,3 +99,13 @@ def test_memory_error_names_the_largest_size_that_fits():
     assert memory.estimate(dec, [clip], best[0] + 8, best[1] + 4, 16).bytes > budget
     assert best[0] == 2 * best[1] or abs(best[0] / best[1] - 2) < 0.2
     assert memory.estimate_seconds(dec, [clip], 64, 64, 8) > 0
+
+
+def test_channels_last_decoding_keeps_the_picture(tmp_path):
+    # Channels-last activations (the CPU's fast layout too) change the memory order only, not the picture.
+    images = []
+    for i, layout in enumerate((True, False)):
+        ctx = tiny_ctx(tmp_path / str(i))
+        res = build("vqgan_clip", dict(TINY_SETTINGS, steps=2, channels_last=layout), ctx).render(request(), ctx)
+        images.append(np.asarray(res.image).astype(int))
+    assert np.abs(images[0] - images[1]).max() <= 2
