@@ -54,11 +54,13 @@ def reference_render(net: dg.PatternNet, settings: dg.Settings, seed: int, size:
 def bench(sizes: list[int], threads: list[int]) -> list[tuple]:
     rows = []
     default_threads = torch.get_num_threads()
+    render_threads = dg.RENDER_THREADS
     settings = dg.parse_settings({})
     net = dg.build_network(settings)
     for n in threads:
         torch.set_num_threads(n or default_threads)
         nthreads = torch.get_num_threads()
+        dg.RENDER_THREADS = nthreads  # the generator's own setting, for this row
         for size in sizes:
             fast_repeats, ref_repeats = (4, 1) if size <= 512 else (2, 1)
 
@@ -78,6 +80,7 @@ def bench(sizes: list[int], threads: list[int]) -> list[tuple]:
                 rows.append((nthreads, size, label, med, best, ref_med / med, ref_best / best))
             rows.append((nthreads, size, "numpy reference (per row)", ref_med, ref_best, 1.0, 1.0))
     torch.set_num_threads(default_threads)
+    dg.RENDER_THREADS = render_threads
     return rows
 
 

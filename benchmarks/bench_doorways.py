@@ -19,7 +19,10 @@ number of cutouts, in ours' precision and layout.  Memory is the RSS a step adds
 peak).  Agreement with float32 on a fixed seed: the decoded image, CLIP's embeddings of the same
 cutouts and the gradient on the latent (the direction each step moves the picture).
 
-    python benchmarks/bench_doorways.py [--sizes 512] [--cuts 64] [--steps 3] [--quick] [--device cuda]
+    python benchmarks/bench_doorways.py [--sizes 512] [--aspect 2] [--cuts 64] [--steps 3] [--quick] [--device cuda]
+
+The default canvas is the 1024x512 panorama; on the CPU its float32 classic step needs about 10 GB
+(``--aspect 1`` gives the 512x512 square at about half that).
 """
 from __future__ import annotations
 
@@ -105,11 +108,11 @@ class Variant:
     """One optimisation (its own z, Adam and random stream): the classic loop or ours."""
 
     def __init__(self, vq: VQGAN, clip: ClipModel, size: int, n_cut: int, ours: bool, device: torch.device,
-                 amp: torch.dtype | None = None):
+                 amp: torch.dtype | None = None, aspect: float = 2.0):
         self.vq, self.clip, self.n_cut, self.ours, self.device = vq, clip, n_cut, ours, device
         self.amp = (amp or autocast_dtype(device)) if ours else None
         self.g = torch.Generator().manual_seed(0)
-        self.width, self.height = size * 2, size  # a panorama, the Doorways shape
+        self.width, self.height = int(round(size * aspect)), size  # aspect 2: a panorama, the Doorways shape
         self.z = vq.random_latent(self.height, self.width, self.g).to(device).requires_grad_(True)
         self.targets = clip.encode_text(["entrance to heaven", "entrance to hell"], device)
         self.weights = torch.tensor([1.0, 1.0])
@@ -178,6 +181,10 @@ class PeakMemory:
             self._peak = max(self._peak, self._rss())
             time.sleep(self.every)
 
+    def trim(self) -> None:
+        if self._libc is not None:
+            self._libc.malloc_trim(0)
+
     def start(self) -> int:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -208,10 +215,10 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(vq_classic: VQGAN, vq_ours: VQGAN, clip: ClipModel, size: int, n_cut: int, steps: int,
-            device: torch.device, mem: PeakMemory) -> dict[str, dict[str, float]]:
+            device: torch.device, mem: PeakMemory, aspect: float = 2.0) -> dict[str, dict[str, float]]:
     """One warm-up each (memory measured there), then ``steps`` rounds of classic, ours, ours' floor."""
-    classic = Variant(vq_classic, clip, size, n_cut, False, device)
-    ours = Variant(vq_ours, clip, size, n_cut, True, device)
+    classic = Variant(vq_classic, clip, size, n_cut, False, device, aspect=aspect)
+    ours = Variant(vq_ours, clip, size, n_cut, True, device, aspect=aspect)
     runs = {"classic": classic.step, "ours": ours.step, "floor": ours.floor}
     times: dict[str, list[float]] = {k: [] for k in runs}
     loads: list[float] = []
@@ -228,6 +235,7 @@ def measure(vq_classic: VQGAN, vq_ours: VQGAN, clip: ClipModel, size: int, n_cut
             _sync(device)
             times[name].append(time.perf_counter() - t)
             loads.append(os.getloadavg()[0])
+            mem.trim()  # hand the step's freed heap back, so the process stays at one step's peak
     out = {k: {"median": statistics.median(ts), "min": min(ts), "max": max(ts), "n": len(ts),
                "mem_mib": growth[k]} for k, ts in times.items()}
     out["load"] = {"median": statistics.median(loads), "min": min(loads), "max": max(loads)}
@@ -235,11 +243,12 @@ def measure(vq_classic: VQGAN, vq_ours: VQGAN, clip: ClipModel, size: int, n_cut
 
 
 def agreement(vq_fp32: VQGAN, vq_ours: VQGAN, clip: ClipModel, size: int, n_cut: int,
-              device: torch.device) -> dict[str, float]:
+              device: torch.device, aspect: float = 2.0) -> dict[str, float]:
     """Ours (reduced precision, channels-last) against float32 NCHW on one fixed seed."""
     g = torch.Generator().manual_seed(1234)
-    z0 = vq_fp32.random_latent(size, 2 * size, g).to(device)
-    boxes = cut.sample_boxes(n_cut, 2 * size, size, clip.size, 1.0, g)
+    width = int(round(size * aspect))
+    z0 = vq_fp32.random_latent(size, width, g).to(device)
+    boxes = cut.sample_boxes(n_cut, width, size, clip.size, 1.0, g)
     aug = cut.sample_augment(boxes, cut.AugmentConfig(), g)
     targets = clip.encode_text(["entrance to heaven", "entrance to hell"], device)
     weights = torch.tensor([1.0, 1.0], device=device)
@@ -265,7 +274,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="reduced-width models (labelled as such)")
     ap.add_argument("--steps", type=int, default=3, help="timed rounds (after one warm-up each)")
-    ap.add_argument("--sizes", default="512", help="canvas heights; widths are twice that")
+    ap.add_argument("--sizes", default="512", help="canvas heights")
+    ap.add_argument("--aspect", type=float, default=2.0, help="canvas width / height (2: the Doorways panorama)")
     ap.add_argument("--cuts", default="64", help="cutout counts")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = ap.parse_args()
@@ -285,13 +295,13 @@ def main() -> None:
     t0 = time.perf_counter()
     for size in (int(x) for x in args.sizes.split(",")):
         for n_cut in (int(x) for x in args.cuts.split(",")):
-            r = measure(vq, vq_ours, clip, size, n_cut, args.steps, device, mem)
+            r = measure(vq, vq_ours, clip, size, n_cut, args.steps, device, mem, args.aspect)
             c, o, f, ld = r["classic"], r["ours"], r["floor"], r["load"]
-            print(f"{2 * size:>5}x{size:<4} {n_cut:>5} {c['median']:>15.2f} {o['median']:>12.2f} {f['median']:>8.2f} "
+            print(f"{int(round(size * args.aspect)):>5}x{size:<4} {n_cut:>5} {c['median']:>15.2f} {o['median']:>12.2f} {f['median']:>8.2f} "
                   f"{c['median'] / o['median']:>8.2f}x {o['median'] / f['median']:>10.2f} {c['mem_mib']:>12.0f} "
                   f"{o['mem_mib']:>9.0f} {ld['median']:>6.2f} ({ld['min']:.1f}-{ld['max']:.1f})"
                   + ("  [quick]" if args.quick else ""), flush=True)
-            a = agreement(vq, vq_ours, clip, size, n_cut, device)
+            a = agreement(vq, vq_ours, clip, size, n_cut, device, args.aspect)
             print(f"{'':>16} agreement with float32 on seed 1234: image max |d| {a['image_max']:.4f}, "
                   f"mean |d| {a['image_mean']:.5f} (pixels in 0..1); CLIP embedding cosine >= {a['emb_cos_min']:.4f}; "
                   f"loss rel. diff {a['loss_rel']:.2e}; latent-gradient cosine {a['grad_cos']:.4f}", flush=True)
