@@ -172,7 +172,8 @@ def official_net(res: int, widths: dict[str, int], seed: int) -> SG2Synthesis:
 
 
 def bench_synthesis(args: argparse.Namespace, device: torch.device, widths: dict[str, int], quick: str) -> None:
-    resolutions = (256, 512) if args.quick else (256, 512, 1024)
+    resolutions = [int(r) for r in args.resolutions.split(",")] if args.resolutions else \
+        ((256, 512) if args.quick else (256, 512, 1024))
     batches = [int(b) for b in args.batches.split(",")]
     print(f"{'res':>5} {'batch':>5} {'reference s':>12} {'ours s':>8} {'speed-up':>9} {'max |d|':>9} "
           f"{'ours bf16 s':>12} {'speed-up':>9} {'bf16 max |d|':>13} {'load (min-max)':>16}")
@@ -274,6 +275,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced widths, 256 and 512 px (labelled quick)")
     parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--resolutions", default="", help="e.g. 512,1024 (default 256,512,1024; quick 256,512)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--no-loading", action="store_true", help="skip the loading comparison")
