@@ -12,8 +12,8 @@ from typing import Any, Mapping
 import torch
 
 from renderer.stylegan.common import Synthesis, init_randn, randn_like_on
-from renderer.stylegan.ops import (SQRT2, FullyConnected, bias_act, frozen, modulated_conv2d_act_sg2, modulated_conv2d_sg2,
-                                   setup_filter, upsample2d)
+from renderer.stylegan.ops import (SQRT2, FullyConnected, bias_act, frozen, modulated_conv2d_act_sg2,
+                                   modulated_conv2d_sg2, setup_filter, upsample2d)
 
 
 def sg2_channels(img_resolution: int, channel_base: int = 32768, channel_max: int = 512) -> dict[int, int]:
