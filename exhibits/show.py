@@ -43,6 +43,7 @@ class ShowConfig:
     drift_pixels: int = 6  # burn-in protection: the whole picture wanders this far, slowly
     refresh_minutes: float = 30.0  # burn-in protection: at least this often the screen fades through black
     opening_hours: tuple[tuple[int, int], ...] = ()  # (open, close) in minutes after midnight; () = always open
+    play_motion: str = "loop"  # a piece's moving version on screen: loop (walk, story) | timelapse | off (stills)
     # web
     host: str = "0.0.0.0"
     port: int = 8080
@@ -101,7 +102,9 @@ _TYPES = {
     "refresh_minutes": ((int, float), "a number of minutes"),
     "opening_hours": ((str, list), 'opening times like "10:00-18:00" or ["10:00-13:00", "14:00-20:00"]'),
     "worker_lease": ((int, float), "a number of seconds"),
+    "play_motion": (str, "loop, timelapse or off"),
 }
+PLAY_MOTION = ("loop", "timelapse", "off")  # kiosk.display.motion orders a piece's videos for each
 
 
 def load_show(path: str | Path | None) -> ShowConfig:
@@ -160,6 +163,8 @@ def load_show(path: str | Path | None) -> ShowConfig:
         except ValueError as exc:
             raise ConfigError(path, r.key("opening_hours"), _TYPES["opening_hours"][1] + f" ({exc})",
                               kw["opening_hours"]) from None
+    if "play_motion" in kw and kw["play_motion"] not in PLAY_MOTION:
+        raise ConfigError(path, r.key("play_motion"), _TYPES["play_motion"][1], kw["play_motion"])
     if "device" in kw and not (kw["device"] in ("auto", "cpu", "cuda") or kw["device"].startswith("cuda:")):
         raise ConfigError(path, r.key("device"), "auto, cpu, cuda or cuda:N", kw["device"])
     return ShowConfig(**kw, config_path=path)

@@ -32,6 +32,7 @@ from exhibits.show import ShowConfig, is_open, public_base_url
 from exhibits.store import Store
 from kiosk.display import render
 from kiosk.display.loader import STORE_FAULTS, Loader, PieceReady, Progress, Status
+from kiosk.display.motion import Decoder, Playback, pixel_format
 from kiosk.display.staff import EXIT_STAFF_QUIT, StaffOverlay
 from kiosk.display.states import Attract, Failsafe, Machine, Making, Night, Showing, Welcome
 from kiosk.display.turns import Shown, Turns, to_surface  # noqa: F401  (Shown, to_surface: part of this API)
@@ -61,6 +62,10 @@ class DisplayStats:
     taps: int = 0
     taps_ignored: int = 0
     staff_quit: bool = False
+    motion_times: list[float] = field(default_factory=list)  # seconds between consecutive frames of a moving piece
+    motion_frames: int = 0  # frames of moving pieces put on screen
+    motion_skipped: int = 0  # decoded frames that were overtaken by a newer due frame
+    motion_failed: int = 0  # moving pieces that fell back to their still
 
     def percentile_ms(self, q: float, which: str = "frame") -> float:
         data = sorted(self.frame_times if which == "frame" else self.work_times)
@@ -153,6 +158,12 @@ class Display(Turns):
         self._wake_type = 0
         self._held: list[pygame.event.Event] = []
         self._signature: tuple = ()
+        # a moving piece on screen: its decoder's frames go into the card where the still is
+        self.motion: Playback | None = None
+        self.motion_rect: pygame.Rect | None = None
+        self.motion_still: pygame.Surface | None = None
+        self._motion_surf: pygame.Surface | None = None
+        self._motion_last: float | None = None
 
     # -- lifecycle ------------------------------------------------------------
     def open(self) -> None:
@@ -195,6 +206,7 @@ class Display(Turns):
             pass  # the window is closing
 
     def close(self) -> None:
+        self.stop_motion(restore=False)
         if self.loader is not None:
             self.loader.stop()
             self.stats.loader_errors = self.loader.errors
@@ -232,6 +244,7 @@ class Display(Turns):
         self.drain(now)
         self._check_hours(now)
         self.machine.step(self, now)
+        moved = self._step_motion(now)
         fps = self.machine.current.animating(self, now)
         drift = self._drift(now)
         if drift != self.drift:
@@ -251,6 +264,11 @@ class Display(Turns):
             self.stats.work_times.append(done - start)
             self.stats.frames += 1
         self.stats.ticks += 1
+        if draw and moved:
+            end = time.perf_counter()
+            if self._motion_last is not None:
+                self.stats.motion_times.append(end - self._motion_last)
+            self._motion_last = end
         self._wait(fps if fps > 0 else (self.cfg.fps if self.always_redraw else 0.0))
         animated = draw and (fps > 0 or self.always_redraw)
         if animated:  # frame times are measured between consecutive frames of an animation only
@@ -280,13 +298,22 @@ class Display(Turns):
                 screen.fill(render.BLACK, strip)
 
     def _wait(self, fps: float) -> None:
-        """Hold the frame budget while animating; otherwise sleep until an event, a message or a timer."""
+        """Hold the frame budget while animating; otherwise sleep until an event, a message, a timer or the
+        next frame of a moving piece."""
         if self.cfg.fps <= 0:
             return  # tests drive the loop by hand
         if fps > 0:
             self._pace.tick(min(fps, self.cfg.fps))
             return
-        ev = pygame.event.wait(round(1000 * IDLE_WAIT_SECONDS))
+        wait = IDLE_WAIT_SECONDS
+        if self.motion is not None:
+            due = self.motion.wait_seconds(self.clock())
+            if due is not None:  # (none decoded yet: the decoder wakes the loop when one is)
+                wait = min(wait, due)
+        if wait <= 0:  # a frame is due already
+            self._pace.tick()
+            return
+        ev = pygame.event.wait(max(1, math.ceil(1000 * wait)))  # never wake just before it is due
         if ev.type != pygame.NOEVENT:
             self._held.append(ev)
         self._pace.tick()  # keep the pacing clock's idea of the last frame current
@@ -309,6 +336,62 @@ class Display(Turns):
             self.closed = closed
             log.info("display: %s (opening hours)", "closed for the night" if closed else "open")
             self.machine.go(self, "night" if closed else "showing", now)
+
+    # -- moving pieces --------------------------------------------------------------
+    def start_motion(self, path: Path, still: pygame.Surface, rect: pygame.Rect, now: float) -> None:
+        """Play ``path`` over the still at ``rect`` of the card; a decoder thread does all the decoding."""
+        assert self.card is not None
+        self.stop_motion(restore=False)
+        surf = pygame.Surface(rect.size, 0, self.card)
+        fmt, kind = pixel_format(surf.get_bitsize(), surf.get_masks())
+        if surf.get_pitch() != 4 * rect.width:
+            fmt, kind = "rgb24", "RGB"
+        self._motion_surf = surf if kind == "native" else None
+        decoder = Decoder(path, rect.size, fmt, on_frame=self._wake)
+        decoder.start()
+        self.motion = Playback(decoder, now)
+        self.motion_rect, self.motion_still = rect, still
+        self._motion_last = None
+
+    def stop_motion(self, restore: bool = True) -> None:
+        """End the playback; ``restore`` puts the still back where the frames were."""
+        if self.motion is None:
+            return
+        self.motion.stop()
+        if restore and self.motion_still is not None and self.motion_rect is not None:
+            for surf in (self.card, self.card_base):
+                if surf is not None:
+                    surf.blit(self.motion_still, self.motion_rect)
+            self.dirty = True
+        self.stats.motion_skipped += self.motion.skipped
+        self.motion = self.motion_rect = self.motion_still = self._motion_surf = None
+        self._motion_last = None
+
+    def _step_motion(self, now: float) -> bool:
+        """Put the newest due frame of the moving piece into the card; True when one went in."""
+        if self.motion is None:
+            return False
+        if self.state not in ("showing", "attract"):  # the card is not on screen: the still waits for it
+            self.stop_motion()
+            return False
+        frame = self.motion.due(now)
+        if self.motion.failed is not None:
+            self.stats.motion_failed += 1
+            self.stop_motion()
+            return False
+        if frame is None:
+            return False
+        if self._motion_surf is not None:
+            self._motion_surf.get_buffer().write(frame.data, 0)
+            surf = self._motion_surf
+        else:
+            surf = pygame.image.frombuffer(frame.data, frame.size, "RGB")
+        for card in (self.card, self.card_base):
+            if card is not None:
+                card.blit(surf, self.motion_rect)
+        self.stats.motion_frames += 1
+        self.dirty = True
+        return True
 
     # -- input ----------------------------------------------------------------
     def handle_event(self, event: pygame.event.Event, now: float) -> None:

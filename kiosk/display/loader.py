@@ -21,6 +21,7 @@ from typing import Any, Callable
 from exhibits import wake
 from exhibits.show import ShowConfig, piece_url, public_base_url
 from exhibits.store import Job, Piece, Store, StoreError
+from kiosk.display.motion import motion_file
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class PieceReady:
     pixels: Pixels
     url: str
     reason: str  # "new" (a playlist piece just landed), "cycle", "tap", "visitor" (a visitor's or staff prompt)
+    motion: Path | None = None  # the moving version to play over the still (see kiosk.display.motion)
 
     @property
     def protected(self) -> bool:
@@ -401,8 +403,24 @@ class Loader(threading.Thread):
             if len(self._posted) > 1000:
                 self._posted = set(sorted(self._posted)[-500:])
         self._shown_any = True
-        self._post(PieceReady(piece, pixels, piece_url(self.cfg, piece.id), reason))
+        self._post(PieceReady(piece, pixels, piece_url(self.cfg, piece.id), reason, self._motion(piece)))
         return True
+
+    def _motion(self, piece: Piece) -> Path | None:
+        """The piece's moving version that ``play_motion`` wants played, if its file is there."""
+        rel = motion_file(piece.extra, self.cfg.play_motion)
+        if rel is None:
+            return None
+        try:
+            path = self._store.path(rel) if self._store is not None else None
+            there = path is not None and path.is_file()
+        except (StoreError, OSError) as exc:  # a path outside the archive: the still alone
+            log.warning("piece %d: its moving version %s cannot be used (%s)", piece.id, rel, exc)
+            return None
+        if not there:
+            log.warning("piece %d: its moving version %s is missing; showing the still", piece.id, rel)
+            return None
+        return path
 
     def _next(self, after_id: int | None) -> None:
         """The next older piece after ``after_id`` (wrapping to the newest), skipping broken ones."""

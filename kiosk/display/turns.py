@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pygame
 
@@ -66,12 +66,12 @@ class Turns:
                 if any(p.piece.id == msg.piece.id for p in self.pending) or self.card_piece_id == msg.piece.id:
                     return
                 if len(self.pending) >= MAX_PENDING_PIXELS:
-                    msg = PieceReady(msg.piece, Pixels(b"", (0, 0)), msg.url, msg.reason)  # decoded again later
+                    msg = replace(msg, pixels=Pixels(b"", (0, 0)))  # decoded again later
                 self.pending.append(msg)
             elif msg.reason == "reload":
                 for i, p in enumerate(self.pending):
                     if p.piece.id == msg.piece.id:
-                        self.pending[i] = PieceReady(msg.piece, msg.pixels, msg.url, p.reason)
+                        self.pending[i] = replace(msg, reason=p.reason)
             else:
                 self.incoming = msg  # the newest wins
         elif isinstance(msg, FrameReady):
@@ -149,6 +149,10 @@ class Turns:
         if self.fade_black:
             self.last_black = now
         self.card, self.card_base = card, base
+        self.stop_motion(restore=False)
+        if ready.motion is not None:
+            rect = render.card_layout(self.size, surface.get_size(), self.flip_side).image
+            self.start_motion(ready.motion, surface, rect, now)
         self.shown = Shown(ready.piece.id, ready.piece.job_id, ready.reason, now)
         self.fade_start = now
         self.asked_at = None
