@@ -15,6 +15,12 @@ For each screen size the display runs in this process through ``kiosk.display.ru
    time is the time between two flips of an animation (fades, attract), the frame budget that
    must hold; a still picture is not redrawn at all.
 
+3. a moving piece: one piece whose 512 px latent loop walk (96 frames at 24 fps, the loop walk's
+   defaults, H.264 written by the renderer's own ``write_mp4``) plays over its still for the whole
+   run, against the same piece as a still (``play_motion = "off"``) in the same run. Frame times are
+   the time between two flips of video frames (the video's period is the budget), *late* the share
+   over 1.25 periods; CPU per second is this process's, the decoder thread included.
+
 The machine's load average is printed before and after. Uses SDL's dummy video driver unless
 ``--keep-driver`` is given (then e.g. under ``xvfb-run`` the frames go to a real X server).
 """
@@ -57,6 +63,53 @@ def _fill_archive(root: Path, n: int = 6) -> None:
                 "label": "weights-free pattern network", "params": {}, "config": {}, "models": {}, "sigma": 1.0 + i}
         store.add_piece(job, "filler", _pattern(i, 768), meta)
     store.close()
+
+
+def _moving_archive(root: Path, frames: int = 96, fps: int = 24, size: int = 512) -> None:
+    """One piece with a loop walk: the screenshot helper's pattern turning once per loop (every frame differs)."""
+    from exhibits.store import Store
+    from kiosk.display.screenshot import moving_frames
+    from renderer.guidance.video import write_mp4
+
+    images = moving_frames(5, frames, size)
+    root.mkdir(parents=True, exist_ok=True)
+    video = write_mp4(images, root / "walk.mp4", fps)
+    store = Store(root)
+    store.submit("demo", prompt_text="a latent loop walk", seed=1)
+    job = store.claim("filler")
+    meta = {"series": "Strange Attractions", "title": "loop walk", "generator": "stylegan_walk",
+            "label": "latent loop walk", "params": {}, "config": {}, "models": {}, "sigma": None}
+    store.add_piece(job, "filler", images[0], meta, extra_files={"animation": video})
+    store.close()
+    video.unlink()
+
+
+def _run_moving(root: Path, size: tuple[int, int], seconds: float, play: str) -> dict:
+    from exhibits.show import ShowConfig
+    from exhibits.store import Store
+    from kiosk.display import run
+
+    cfg = ShowConfig(data_dir=root, fullscreen=False, width=size[0], height=size[1], fps=60, hold_seconds=1e6,
+                     crossfade_seconds=0.0, public_url="http://192.168.1.20:8080", attract_seconds=0,
+                     play_motion=play)
+    store = Store(root)
+    try:
+        stats = run(cfg, store, max_seconds=seconds)
+    finally:
+        store.close()
+    times = sorted(stats.motion_times[WARMUP_FRAMES:])
+    work = sorted(stats.work_times[WARMUP_FRAMES:])
+    out = {"cpu_s": stats.cpu_seconds / stats.seconds, "drawn": stats.frames, "loops": stats.ticks,
+           "shown": stats.motion_frames, "skipped": stats.motion_skipped, "failed": stats.motion_failed}
+    if times:
+        n = len(times)
+        out.update(mean=1000 * statistics.fmean(times), p99=1000 * times[min(n - 1, round(0.99 * (n - 1)))],
+                   worst=1000 * times[-1], late=sum(1 for t in times if t > 1.25 / 24) / n,
+                   fps=stats.motion_frames / stats.seconds)
+    if work:
+        out.update(work_mean=1000 * statistics.fmean(work), work_p99=1000 * work[min(len(work) - 1,
+                                                                                    round(0.99 * (len(work) - 1)))])
+    return out
 
 
 def _busy_worker(root: str, stop: "mp.synchronize.Event", nice: int = 0) -> None:
@@ -138,15 +191,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--worker-nice", type=int, default=10,
                     help="niceness of the busy processes (default 10, as the systemd unit and the demo give the worker)")
     ap.add_argument("--keep-driver", action="store_true", help="do not force SDL_VIDEODRIVER=dummy")
+    ap.add_argument("--only", choices=("all", "moving"), default="all", help="moving: the moving-piece case alone")
     args = ap.parse_args(argv)
     if not args.keep_driver:
         os.environ["SDL_VIDEODRIVER"] = "dummy"
     sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
     ctx = mp.get_context("spawn")
     rows = []
+    moving = []
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         for size in sizes:
+            root = Path(tmp) / f"moving-{size[0]}x{size[1]}"
+            _moving_archive(root)
+            load = os.getloadavg()[0]
+            still = _run_moving(root, size, args.seconds, "off")
+            plays = _run_moving(root, size, args.seconds, "loop")
+            moving.append((size, still, plays, load, os.getloadavg()[0]))
+        for size in sizes if args.only == "all" else ():
             root = Path(tmp) / f"{size[0]}x{size[1]}"
             _fill_archive(root)
             still_old = _run_display(root, size, args.seconds, hold=1e6, fade=0.0, always_redraw=True)
@@ -170,6 +232,22 @@ def main(argv: list[str] | None = None) -> int:
           f"SDL driver {os.environ.get('SDL_VIDEODRIVER', 'default')}, busy processes at nice {args.worker_nice}")
     print(f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
           f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
+    print()
+    print("a moving piece: 512 px loop walk, 96 frames at 24 fps (period 41.7 ms), vs the same piece as a still")
+    head = (f"{'size':>10} {'shown/s':>7} {'mean ms':>8} {'p99 ms':>7} {'worst ms':>8} {'late':>6} {'skipped':>7} "
+            f"{'work mean':>9} {'work p99':>8} {'cpu/s still':>11} {'cpu/s moving':>12} {'ratio':>6}  load 1 min")
+    print(head)
+    print("-" * len(head))
+    for size, still, plays, l0, l1 in moving:
+        if "mean" not in plays:
+            print(f"{size[0]}x{size[1]:<5} (no video frames shown; failed={plays['failed']})")
+            continue
+        print(f"{size[0]}x{size[1]:<5} {plays['fps']:>7.1f} {plays['mean']:>8.2f} {plays['p99']:>7.2f} "
+              f"{plays['worst']:>8.2f} {plays['late']:>6.1%} {plays['skipped']:>7} {plays['work_mean']:>9.2f} "
+              f"{plays['work_p99']:>8.2f} {still['cpu_s']:>11.3f} {plays['cpu_s']:>12.3f} "
+              f"{plays['cpu_s'] / max(still['cpu_s'], 1e-9):>6.1f}  {l0:.2f} -> {l1:.2f}")
+    if not rows:
+        return 0
     print()
     print("idle display (finished piece on screen, no worker): CPU seconds per wall second")
     print(f"{'size':>10} {'redraw every frame':>19} {'redraw on change':>17} {'ratio':>7}  frames drawn (old / new)")

@@ -154,7 +154,6 @@ class Decoder(threading.Thread):
         step = 1.0 / self.fps
         with av.open(str(self.path), mode="r") as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
             rate = stream.average_rate or stream.guessed_rate
             if rate:
                 self.fps = float(rate)

@@ -4,7 +4,8 @@ Writes ``kiosk-empty.png`` (empty archive), ``kiosk.png`` (a finished piece with
 caption and QR codes), ``kiosk-making.png`` (the live view of a tap's job),
 ``kiosk-long-prompt.png`` (a visitor's piece with a long prompt), ``kiosk-attract.png``
 (attract mode), ``kiosk-staff.png`` (the staff overlay), ``kiosk-portrait.png`` (a monitor
-turned on its side, as visitors see it) and ``kiosk-failsafe.png`` (a damaged archive).
+turned on its side, as visitors see it), ``kiosk-moving.png`` (a moving piece mid-play: its
+loop, an MP4, decoded by the display's decoder thread) and ``kiosk-failsafe.png`` (a damaged archive).
 Run it under a real X server (``xvfb-run``) or with ``SDL_VIDEODRIVER=dummy``.
 """
 from __future__ import annotations
@@ -32,19 +33,34 @@ log = logging.getLogger(__name__)
 WORKER = "screenshot-worker"
 
 
-def pattern_image(seed: int, size: int = 512) -> Image.Image:
-    """A colourful interference pattern (stand-in for a rendered piece)."""
+def pattern_image(seed: int, size: int = 512, phase: float = 0.0) -> Image.Image:
+    """A colourful interference pattern (stand-in for a rendered piece); ``phase`` (radians) moves its rings
+    and turning it through 2π brings the pattern back (a seamless loop)."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
     r = np.hypot(x - rng.uniform(0.2, 0.8), y - rng.uniform(0.2, 0.8))
     chans = []
     for c in range(3):
         f1, f2, ph = rng.uniform(3, 14), rng.uniform(2, 9), rng.uniform(0, 6.28)
-        chans.append(0.5 + 0.5 * np.sin(f1 * r * 6.28 + f2 * np.sin(3 * x + c) + ph))
+        chans.append(0.5 + 0.5 * np.sin(f1 * r * 6.28 + f2 * np.sin(3 * x + c + phase) + ph + phase))
     return Image.fromarray((np.stack(chans, -1) * 255).astype(np.uint8))
 
 
-def add_demo_piece(store: Store, seed: int, prompt: str, sigma: float, source: str = "playlist") -> None:
+def moving_frames(seed: int, frames: int = 24, size: int = 512) -> list[Image.Image]:
+    """A seamless loop: the pattern's rings turning once round (a stand-in for a latent loop walk)."""
+    return [pattern_image(seed, size, 2 * np.pi * i / frames) for i in range(frames)]
+
+
+def moving_loop(seed: int, path: Path, frames: int = 24, fps: int = 12) -> tuple[Image.Image, Path]:
+    """The loop as the renderer writes it (H.264 MP4); returns (its first frame, the file)."""
+    from renderer.guidance.video import write_mp4  # PyAV and Pillow only (no torch)
+
+    images = moving_frames(seed, frames)
+    return images[0], write_mp4(images, path, fps)
+
+
+def add_demo_piece(store: Store, seed: int, prompt: str, sigma: float, source: str = "playlist",
+                   image: Image.Image | None = None, extra_files: dict[str, Path] | None = None) -> None:
     job = store.submit("demo", prompts=[(prompt, 1.0)], prompt_text=prompt, seed=seed, params={"sigma": sigma},
                        source=source)
     job = store.claim(WORKER)
@@ -52,7 +68,7 @@ def add_demo_piece(store: Store, seed: int, prompt: str, sigma: float, source: s
     meta = {"series": "Weights-free demo", "title": "Attractors (weights-free demo)", "generator": "default",
             "label": "weights-free pattern network (no trained model)", "params": {"sigma": sigma},
             "config": {}, "models": {}, "sigma": sigma}
-    store.add_piece(job, WORKER, pattern_image(seed), meta)
+    store.add_piece(job, WORKER, image if image is not None else pattern_image(seed), meta, extra_files=extra_files)
 
 
 def _pump(d: Display, until: Callable[[], bool], seconds: float = 10.0) -> None:
@@ -121,6 +137,19 @@ def take(out_dir: Path, size: tuple[int, int] = (1280, 720)) -> list[Path]:
         try:
             _pump(d, lambda: d.card_piece_id == latest)
             written.append(_save(d, out_dir / "kiosk-portrait.png"))
+        finally:
+            d.close()
+        # a moving piece, mid-play
+        still, loop = moving_loop(31, Path(tmp) / "animation.mp4")
+        add_demo_piece(store, 31, "A slow tide of attractors, looping", 1.1, image=still,
+                       extra_files={"animation": loop})
+        latest = store.latest_piece_id()
+        d = Display(_config(root, size), root, poll_seconds=0.1)
+        d.open()
+        try:
+            _pump(d, lambda: d.card_piece_id == latest and d.stats.motion_frames >= 10)
+            written.append(_save(d, out_dir / "kiosk-moving.png"))
+            log.info("moving piece: frame %s of its loop on screen", d.motion.current.index if d.motion else "?")
         finally:
             d.close()
         store.close()
