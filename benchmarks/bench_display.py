@@ -207,7 +207,22 @@ def main(argv: list[str] | None = None) -> int:
             load = os.getloadavg()[0]
             still = _run_moving(root, size, args.seconds, "off")
             plays = _run_moving(root, size, args.seconds, "loop")
-            moving.append((size, still, plays, load, os.getloadavg()[0]))
+            moving.append((size, "idle", still, plays, load, os.getloadavg()[0]))
+            stop = ctx.Event()
+            procs = [ctx.Process(target=_busy_worker, args=(str(root), stop, args.worker_nice)),
+                     ctx.Process(target=_burn, args=(stop, args.worker_nice))]
+            for p in procs:
+                p.start()
+            time.sleep(1.0)
+            load = os.getloadavg()[0]
+            try:
+                still = _run_moving(root, size, args.seconds, "off")
+                plays = _run_moving(root, size, args.seconds, "loop")
+            finally:
+                stop.set()
+                for p in procs:
+                    p.join(10)
+            moving.append((size, "busy", still, plays, load, os.getloadavg()[0]))
         for size in sizes if args.only == "all" else ():
             root = Path(tmp) / f"{size[0]}x{size[1]}"
             _fill_archive(root)
@@ -234,15 +249,17 @@ def main(argv: list[str] | None = None) -> int:
           f"after {load_after[0]:.2f} {load_after[1]:.2f} {load_after[2]:.2f}")
     print()
     print("a moving piece: 512 px loop walk, 96 frames at 24 fps (period 41.7 ms), vs the same piece as a still")
-    head = (f"{'size':>10} {'shown/s':>7} {'mean ms':>8} {'p99 ms':>7} {'worst ms':>8} {'late':>6} {'skipped':>7} "
+    print("busy: a process playing the worker (progress frames into the store) and a CPU burner, both at nice "
+          f"{args.worker_nice}")
+    head = (f"{'size':>10} {'run':>5} {'shown/s':>7} {'mean ms':>8} {'p99 ms':>7} {'worst ms':>8} {'late':>6} {'skipped':>7} "
             f"{'work mean':>9} {'work p99':>8} {'cpu/s still':>11} {'cpu/s moving':>12} {'ratio':>6}  load 1 min")
     print(head)
     print("-" * len(head))
-    for size, still, plays, l0, l1 in moving:
+    for size, run_name, still, plays, l0, l1 in moving:
         if "mean" not in plays:
-            print(f"{size[0]}x{size[1]:<5} (no video frames shown; failed={plays['failed']})")
+            print(f"{size[0]}x{size[1]:<5} {run_name:>5} (no video frames shown; failed={plays['failed']})")
             continue
-        print(f"{size[0]}x{size[1]:<5} {plays['fps']:>7.1f} {plays['mean']:>8.2f} {plays['p99']:>7.2f} "
+        print(f"{size[0]}x{size[1]:<5} {run_name:>5} {plays['fps']:>7.1f} {plays['mean']:>8.2f} {plays['p99']:>7.2f} "
               f"{plays['worst']:>8.2f} {plays['late']:>6.1%} {plays['skipped']:>7} {plays['work_mean']:>9.2f} "
               f"{plays['work_p99']:>8.2f} {still['cpu_s']:>11.3f} {plays['cpu_s']:>12.3f} "
               f"{plays['cpu_s'] / max(still['cpu_s'], 1e-9):>6.1f}  {l0:.2f} -> {l1:.2f}")

@@ -119,6 +119,40 @@ def test_decoding_runs_on_its_own_thread_and_the_loop_redraws_only_for_due_frame
     assert d.motion.decoder.cached and d.motion.decoder.decoded == len(LOOP)
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_only_the_picture_changes_and_the_notice_over_it_stays_as_it_was(store, opened, tmp_path, flip):
+    """Frames go to the picture's rectangle alone; the caption column and the notice ("warming up": no
+    renderer has answered) look the same after many frames, the notice redrawn over the picture, not
+    darkened by its translucent panel drawn again and again."""
+    src = write_mp4(loop_frames(), tmp_path / "animation.mp4", fps=FPS)
+    piece = moving_piece(store, tmp_path, {"animation": src})
+    clk = FakeClock()
+    d = opened(store, clk, width=480, height=240)
+    d.flip_side = not flip  # take_next flips it: the picture at the left, then at the right
+    assert pump(d, lambda: d.card_piece_id == piece.id and d.notice is not None, clock=clk)
+    watch(d, clk, 0.2)
+    box = d._notice_rect
+    assert box is not None and box.colliderect(d.motion_rect) == flip
+    column = pygame.Rect(d.motion_rect.right + 4 if not flip else 4, 4, 60, d.size[1] - 8)
+    before = [tuple(d.screen.get_at(p)) for p in _points(box) + _points(column)]
+    drawn0, shown0 = d.stats.frames, d.stats.motion_frames
+    seen = runs(watch(d, clk, 1.0))
+    assert len(seen) >= 6 and d.stats.motion_frames - shown0 >= 6
+    after = [tuple(d.screen.get_at(p)) for p in _points(box) + _points(column)]
+    if flip:  # the notice's panel lies over the moving picture: only its text and edges must stay
+        text_before = [c for c, p in zip(before, _points(box)) if near(c, render.DIM, 30)]
+        text_after = [c for c, p in zip(after, _points(box)) if near(c, render.DIM, 30)]
+        assert text_before and len(text_after) >= len(text_before) * 0.8
+        assert before[len(_points(box)):] == after[len(_points(box)):]
+    else:
+        assert before == after
+    assert d.stats.frames - drawn0 >= 6
+
+
+def _points(rect: pygame.Rect) -> list[tuple[int, int]]:
+    return [(x, y) for x in range(rect.left, rect.right, 3) for y in range(rect.top, rect.bottom, 3)]
+
+
 def _truncated(tmp_path: Path) -> Path:
     good = write_mp4(loop_frames(), tmp_path / "good.mp4", fps=FPS)
     bad = tmp_path / "truncated.mp4"

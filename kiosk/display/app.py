@@ -164,6 +164,7 @@ class Display(Turns):
         self.motion_still: pygame.Surface | None = None
         self._motion_surf: pygame.Surface | None = None
         self._motion_last: float | None = None
+        self._notice_rect: pygame.Rect | None = None  # where the notice was last drawn
 
     # -- lifecycle ------------------------------------------------------------
     def open(self) -> None:
@@ -251,8 +252,9 @@ class Display(Turns):
             self.drift, self.dirty = drift, True
         if self.staff.shown:
             self.dirty = True  # its figures change; it is up only while staff look at it
-        draw = self.dirty or fps > 0 or self.always_redraw
-        if draw:
+        full = self.dirty or fps > 0 or self.always_redraw or (moved and not self._picture_alone(self.drift))
+        draw = full or moved
+        if full:
             self.dirty = False
             self.machine.draw(self, self.screen, now)
             if self.machine.current.overlay:
@@ -260,6 +262,14 @@ class Display(Turns):
             if self.staff.shown:
                 self.staff.draw(self, self.screen, now)
             self._present()
+        elif moved:  # only the moving picture changed: copy and send just its rectangle
+            assert self.card is not None and self.motion_rect is not None
+            rect = self.motion_rect.move(self.drift)
+            self.screen.blit(self.card, rect, area=self.motion_rect)
+            if self._notice_rect is not None and rect.colliderect(self._notice_rect):
+                self.draw_overlay(self.screen)  # the notice sits inside the picture (_picture_alone checked)
+            pygame.display.update(rect)
+        if draw:
             done = time.perf_counter()
             self.stats.work_times.append(done - start)
             self.stats.frames += 1
@@ -367,6 +377,15 @@ class Display(Turns):
         self.motion = self.motion_rect = self.motion_still = self._motion_surf = None
         self._motion_last = None
 
+    def _picture_alone(self, drift: tuple[int, int]) -> bool:
+        """The moving picture can be sent alone: an upright window, no fade or staff overlay, and the notice
+        (if any) either clear of the picture or wholly inside it."""
+        if not (self.state == "showing" and self.prev_card is None and not self.staff.shown
+                and self.screen is self.window and self.card is not None and self.motion_rect is not None):
+            return False
+        rect, box = self.motion_rect.move(drift), self._notice_rect
+        return box is None or not rect.colliderect(box) or rect.contains(box)
+
     def _step_motion(self, now: float) -> bool:
         """Put the newest due frame of the moving piece into the card; True when one went in."""
         if self.motion is None:
@@ -390,7 +409,6 @@ class Display(Turns):
             if card is not None:
                 card.blit(surf, self.motion_rect)
         self.stats.motion_frames += 1
-        self.dirty = True
         return True
 
     # -- input ----------------------------------------------------------------
@@ -499,6 +517,7 @@ class Display(Turns):
                 self._corner = self._corner_qr(u)
             screen.blit(self._corner, (m - m // 3, m - m // 3))
         notice = self.notice
+        self._notice_rect = None
         if notice:
             pad = m // 3
             lines = render.paragraph(self.fonts, notice, round(u * render.MIN_TEXT), W - 2 * m - 2 * pad, 2,
@@ -506,6 +525,7 @@ class Display(Turns):
             w = max(s.get_width() for s in lines) + 2 * pad
             box = render.panel((w, sum(s.get_height() for s in lines) + 2 * pad), radius=pad)
             screen.blit(box, (W - m - w, m))
+            self._notice_rect = box.get_rect(topleft=(W - m - w, m))
             render.blit_lines(screen, lines, W - m - w + pad, m + pad, 0)
 
     def _corner_qr(self, u: int) -> pygame.Surface:
