@@ -153,6 +153,29 @@ def _points(rect: pygame.Rect) -> list[tuple[int, int]]:
     return [(x, y) for x in range(rect.left, rect.right, 3) for y in range(rect.top, rect.bottom, 3)]
 
 
+def test_a_loop_too_long_to_keep_is_streamed_with_a_bounded_queue(tmp_path):
+    """Memory: past ``cache_bytes`` nothing is kept; every pass decodes from the file again, and no more than
+    ``queue_frames`` decoded frames ever wait."""
+    src = write_mp4(loop_frames(), tmp_path / "animation.mp4", fps=FPS)
+    dec = motion.Decoder(src, (64, 64), "rgb24", queue_frames=2, cache_bytes=3 * 64 * 64 * 3)
+    dec.start()
+    try:
+        frames = []
+        deadline = time.monotonic() + 10
+        while len(frames) < 3 * len(LOOP) and time.monotonic() < deadline:
+            assert dec.out.qsize() <= 2
+            frames.append(dec.out.get(timeout=5))
+    finally:
+        dec.stop()
+        dec.join(2)
+    assert not dec.cached and dec.decoded >= 3 * len(LOOP) - 2
+    assert [f.index for f in frames[:2 * len(LOOP)]] == list(range(len(LOOP))) * 2
+    assert [f.loop for f in frames[:2 * len(LOOP)]] == [0] * len(LOOP) + [1] * len(LOOP)
+    ats = [f.at for f in frames]
+    assert all(b - a == pytest.approx(1 / FPS, abs=1e-3) for a, b in zip(ats, ats[1:]))  # seamless: one period
+    assert not dec.is_alive()
+
+
 def _truncated(tmp_path: Path) -> Path:
     good = write_mp4(loop_frames(), tmp_path / "good.mp4", fps=FPS)
     bad = tmp_path / "truncated.mp4"
