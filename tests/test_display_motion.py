@@ -258,3 +258,20 @@ def test_the_real_loop_plays_at_the_videos_rate_and_sleeps_between_frames(store,
     assert 6 <= stats.motion_frames <= 2.0 * FPS + 2, stats.motion_frames
     assert stats.frames <= stats.motion_frames + 6  # no frame drawn without a reason
     assert stats.ticks <= 3 * stats.frames + 20  # the loop sleeps until the next frame is due
+
+
+def test_playing_a_moving_piece_never_imports_torch(store, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    src = write_mp4(loop_frames(), tmp_path / "animation.mp4", fps=FPS)
+    moving_piece(store, tmp_path, {"animation": src})
+    code = ("import sys; from pathlib import Path; from exhibits.show import ShowConfig; from kiosk.display import run; "
+            f"s = run(ShowConfig(data_dir=Path({str(store.root)!r}), fullscreen=False, width=160, height=90), "
+            "max_seconds=1.0); assert s.motion_frames > 0, s.motion_frames; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "SDL_AUDIODRIVER": "dummy"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
+                       cwd=str(Path(__file__).resolve().parents[1]))
+    assert r.returncode == 0, r.stderr[-2000:]
