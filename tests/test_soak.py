@@ -130,6 +130,8 @@ min_free_mb = 1
             return all((j := store.job_by_token(t)) is not None and j.status == "done" for t in visitors.accepted)
 
         wait_for(all_made, 60, "every accepted prompt's piece")
+        # a kill in the last second may still be in its restart backoff: the supervisor must catch up
+        wait_for(lambda: all(sup.restarts[n] >= kills[n] for n in kills), 30, "every killed process restarted")
     finally:
         visitors.stop.set()
         sup.stop(timeout=20)
