@@ -8,7 +8,6 @@ Run: .venv/bin/python scripts/family2_gallery.py
 import logging
 import sys
 import tempfile
-import textwrap
 import time
 import tomllib
 from pathlib import Path
@@ -34,8 +33,21 @@ PANELS = [  # exhibit file, prompt, canvas, overrides, caption
      "clip_diffusion: tiny random guided-diffusion UNet, DDIM, tiny random CLIP"),
 ]
 CELL = 240
+
+
+def wrap_px(text: str, font, width: int) -> list[str]:
+    """Words into lines no wider than ``width`` pixels in ``font`` (captions never run into the next panel)."""
+    lines: list[str] = []
+    for word in text.split():
+        if lines and d.textlength(f"{lines[-1]} {word}", font=font) <= width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
 pad, top = 12, 60
-sheet = Image.new("RGB", (pad + len(PANELS) * (CELL + pad), top + CELL + 86), (20, 20, 20))
+sheet = Image.new("RGB", (pad + len(PANELS) * (CELL + pad), top + CELL + 100), (20, 20, 20))
 d = ImageDraw.Draw(sheet)
 f, fs = ImageFont.load_default(size=16), ImageFont.load_default(size=12)
 d.text((pad, 10), "The CLIP-steered family, part two, on random-initialised tiny models: no trained weights",
@@ -60,7 +72,7 @@ with tempfile.TemporaryDirectory() as tmp:
         x = pad + i * (CELL + pad)
         sheet.paste(im, (x + (CELL - im.width) // 2, top + (CELL - im.height) // 2))
         d.text((x, top + CELL + 8), f'"{prompt}", {res.image.width}x{res.image.height} px', fill=(220, 220, 220), font=fs)
-        for k, line in enumerate(textwrap.wrap(caption, 44)):
+        for k, line in enumerate(wrap_px(caption, fs, CELL)):
             d.text((x, top + CELL + 26 + 16 * k), line, fill=(150, 150, 150), font=fs)
 out = write_png(ROOT / "docs/screens/family2-tiny-gallery.png", sheet,
                 {"title": "Big Sleep, dVAE+CLIP, DeepDream, CLIP-guided diffusion on random-initialised tiny models, "
