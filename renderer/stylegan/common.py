@@ -87,9 +87,12 @@ def weights_from_checkpoint() -> Iterator[None]:
         _INIT.skip = before
 
 
-def init_randn(*size: int) -> torch.Tensor:
-    """``torch.randn(*size)`` for a fresh network; uninitialised memory inside :func:`weights_from_checkpoint`."""
-    return torch.empty(*size) if getattr(_INIT, "skip", False) else torch.randn(*size)
+def init_randn(*size: int, scale: float = 1.0) -> torch.Tensor:
+    """``torch.randn(*size) * scale`` for a fresh network; uninitialised memory inside
+    :func:`weights_from_checkpoint` (not even scaled: touching the pages is most of the cost)."""
+    if getattr(_INIT, "skip", False):
+        return torch.empty(*size)
+    return torch.randn(*size) * scale if scale != 1.0 else torch.randn(*size)
 
 
 def init_rand(*size: int) -> torch.Tensor:

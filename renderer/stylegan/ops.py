@@ -343,7 +343,7 @@ class FullyConnected(torch.nn.Module):
     def __init__(self, in_features: int, out_features: int, bias_init: float = 0.0, lr_multiplier: float = 1.0,
                  weight_init: float = 1.0) -> None:
         super().__init__()
-        self.weight = torch.nn.Parameter(init_randn(out_features, in_features) * (weight_init / lr_multiplier))
+        self.weight = torch.nn.Parameter(init_randn(out_features, in_features, scale=weight_init / lr_multiplier))
         self.bias = torch.nn.Parameter(torch.full([out_features], float(bias_init)) / lr_multiplier)
         self.weight_gain = lr_multiplier / math.sqrt(in_features)
         self.bias_gain = lr_multiplier
