@@ -484,8 +484,27 @@ def open_store_patiently(cfg: ShowConfig, stop: threading.Event) -> Store | None
     return None
 
 
+def prefer_huge_pages() -> bool:
+    """Ask torch to back its large CPU tensors with transparent huge pages (``THP_MEM_ALLOC_ENABLE``).
+
+    A render on the CPU allocates activations of tens to hundreds of MB afresh at every layer, and
+    the page faults that fill them were a third to a half of a 512 px StyleGAN2 batch of four (5.5 s
+    against 2.9 s with huge pages, same run). Torch reads the setting once, at its first
+    allocation, so this must run before torch is imported; an explicit setting in the environment
+    wins. Returns whether it can still take effect. Where the kernel's THP mode is ``never`` it
+    changes nothing.
+    """
+    import sys
+
+    if "torch" in sys.modules:
+        return False
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    return True
+
+
 def main(cfg: ShowConfig, *, once: bool = False, max_jobs: int | None = None) -> int:
     """Entry point of ``python -m kiosk worker``."""
+    prefer_huge_pages()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -116,3 +116,31 @@ def test_background_sha256_is_the_files(tmp_path: Path) -> None:
     loaded = load_synthesis(path)
     assert loaded.sha256 == sha256_file(path)
     assert loaded.sha256 == loaded.sha256  # resolved once, then a plain string
+
+
+_HUGE_PAGES_PROBE = r"""
+import sys
+from renderer.worker import prefer_huge_pages
+took = prefer_huge_pages()
+import torch
+x = torch.ones(64 << 18)  # 64 MB, touched
+with open("/proc/self/smaps_rollup") as f:
+    kb = next(int(line.split()[1]) for line in f if line.startswith("AnonHugePages:"))
+print(took, kb)
+"""
+
+
+def test_worker_backs_large_tensors_with_huge_pages():
+    """The worker asks torch for huge pages before importing it: large activations are not faulted in 4 KB at a time."""
+    import os
+    import subprocess
+    import sys
+
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not mode.exists() or "[never]" in mode.read_text() or not Path("/proc/self/smaps_rollup").exists():
+        pytest.skip("no transparent huge pages on this kernel")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", _HUGE_PAGES_PROBE], capture_output=True, text=True, env=env,
+                         check=True, timeout=120).stdout.split()
+    assert out[0] == "True"
+    assert int(out[1]) >= 32 << 10, f"only {out[1]} kB of the 64 MB tensor on huge pages"
