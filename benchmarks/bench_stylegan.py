@@ -23,6 +23,11 @@ NVlabs' ``pickle.load`` with every embedded storage decoded by ``torch.load`` --
 cache that later loads use.
 
     python benchmarks/bench_stylegan.py [--quick] [--rounds 3] [--batches 1,4] [--device cuda]
+
+The render worker backs torch's large CPU tensors with transparent huge pages
+(``THP_MEM_ALLOC_ENABLE=1``, see ``renderer.worker.prefer_huge_pages``); run the benchmark with
+``THP_MEM_ALLOC_ENABLE=1`` in the environment to measure as the worker runs (reference and ours
+alike). The header says which.
 """
 from __future__ import annotations
 
@@ -285,7 +290,8 @@ def main() -> None:
     quick = "  [quick: reduced width]" if args.quick else ""
     print(f"StyleGAN2 synthesis, channel_base {widths['channel_base']} channel_max {widths['channel_max']} "
           f"({'QUICK MODE, not the official size' if args.quick else 'official size'}); device {describe(device)}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
     bench_synthesis(args, device, widths, quick)
     if not args.no_loading:
         bench_loading(args, widths, quick)
