@@ -487,9 +487,10 @@ def open_store_patiently(cfg: ShowConfig, stop: threading.Event) -> Store | None
 def prefer_huge_pages() -> bool:
     """Ask torch to back its large CPU tensors with transparent huge pages (``THP_MEM_ALLOC_ENABLE``).
 
-    A render on the CPU allocates activations of tens to hundreds of MB afresh at every layer, and
-    the page faults that fill them were a third to a half of a 512 px StyleGAN2 batch of four (5.5 s
-    against 2.9 s with huge pages, same run). Torch reads the setting once, at its first
+    A render on the CPU allocates activations of tens to hundreds of MB afresh at every layer, each
+    faulted in 4 KB at a time. On the 2-core CPU at a load of about 3, a 512 px StyleGAN2 batch of
+    four took 2.5-4.9 s with huge pages against 5.9-6.2 s without (separate processes, alternated);
+    at a load of about 1 the difference was within the noise. Torch reads the setting once, at its first
     allocation, so this must run before torch is imported; an explicit setting in the environment
     wins. Returns whether it can still take effect. Where the kernel's THP mode is ``never`` it
     changes nothing.
