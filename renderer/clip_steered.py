@@ -56,28 +56,10 @@ def registry_files(spec: str, family: str, weights_dir: Path, what: str,
 def clip_step_bytes(clips: Sequence[ClipModel], cutouts: int, act_bytes: int = 4) -> int:
     """CLIP's share of one step (weights + activations saved for backward over the cutouts)."""
     shapes = [memory.ClipShape.of(c.model) for c in clips]
-    elems = 0.0
-    for c in shapes:
-        per_layer = 20 * c.tokens * c.width + 2 * c.heads * c.tokens ** 2
-        elems += cutouts * (c.layers * per_layer + 3 * c.image_size ** 2 * 4)
-    return int(4 * sum(c.params for c in shapes) + elems * act_bytes)
+    return int(4 * sum(c.params for c in shapes) + memory.clip_activation_elems(shapes, cutouts) * act_bytes)
 
 
-def largest_fitting(estimate: Callable[[int, int], int], width: int, height: int, factor: int,
-                    available: int) -> tuple[int, int] | None:
-    """The largest (w, h) with the aspect ratio of ``width`` x ``height`` (multiples of ``factor``) that fits."""
-    best = None
-    lo, hi = 1, max(width, height) // factor
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        scale = mid * factor / max(width, height)
-        w = max(factor, int(width * scale) // factor * factor)
-        h = max(factor, int(height * scale) // factor * factor)
-        if estimate(w, h) <= available:
-            best, lo = (w, h), mid + 1
-        else:
-            hi = mid - 1
-    return best
+largest_fitting = memory.largest_size_that_fits
 
 
 def check_fits(estimate: Callable[[int, int], int], width: int, height: int, factor: int, available: int | None,

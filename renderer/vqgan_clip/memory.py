@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -106,10 +106,7 @@ def estimate(dec: DecoderShape, clips: Sequence[ClipShape], width: int, height: 
     dec_elems = sum(per_level) + attn + full
     if grad_checkpoint:
         dec_elems += 10 * dec.ch * dec.ch_mult[0] * pixels  # one block recomputed at full resolution
-    clip_elems = 0.0
-    for c in clips:
-        per_layer = 20 * c.tokens * c.width + 2 * c.heads * c.tokens ** 2
-        clip_elems += cutouts * (c.layers * per_layer + 3 * c.image_size ** 2 * 4)
+    clip_elems = clip_activation_elems(clips, cutouts)
     params_bytes = 4 * (dec.total_params + sum(c.params for c in clips))
     if act_bytes < 4:
         params_bytes = int(params_bytes * 1.5)  # autocast keeps low-precision copies of the weights
@@ -122,6 +119,16 @@ def largest_fitting(dec: DecoderShape, clips: Sequence[ClipShape], width: int, h
                     available: int, act_bytes: int = 4, grad_checkpoint: bool = False) -> tuple[int, int] | None:
     """The largest (w, h) with the aspect ratio of ``width`` x ``height`` (multiples of the latent factor) that fits."""
     factor = 2 ** (len(dec.ch_mult) - 1)
+    return largest_size_that_fits(
+        lambda w, h: estimate(dec, clips, w, h, cutouts, act_bytes, grad_checkpoint).bytes,
+        width, height, factor, available)
+
+
+def largest_size_that_fits(need: Callable[[int, int], int], width: int, height: int, factor: int,
+                           available: int) -> tuple[int, int] | None:
+    """The largest (w, h) with the aspect ratio of ``width`` x ``height``, in multiples of ``factor``, whose
+    ``need(w, h)`` bytes fit in ``available``; None when not even the smallest does (a binary search: the
+    need grows with the size)."""
     best = None
     lo, hi = 1, max(width, height) // factor
     while lo <= hi:
@@ -129,11 +136,20 @@ def largest_fitting(dec: DecoderShape, clips: Sequence[ClipShape], width: int, h
         scale = mid * factor / max(width, height)
         w = max(factor, int(width * scale) // factor * factor)
         h = max(factor, int(height * scale) // factor * factor)
-        if estimate(dec, clips, w, h, cutouts, act_bytes, grad_checkpoint).bytes <= available:
+        if need(w, h) <= available:
             best, lo = (w, h), mid + 1
         else:
             hi = mid - 1
     return best
+
+
+def clip_activation_elems(clips: Sequence[ClipShape], cutouts: int) -> float:
+    """Activations CLIP keeps for backward over ``cutouts`` crops, in elements (all models together)."""
+    elems = 0.0
+    for c in clips:
+        per_layer = 20 * c.tokens * c.width + 2 * c.heads * c.tokens ** 2
+        elems += cutouts * (c.layers * per_layer + 3 * c.image_size ** 2 * 4)
+    return elems
 
 
 def check_fits(dec: DecoderShape, clips: Sequence[ClipShape], width: int, height: int, cutouts: int,
