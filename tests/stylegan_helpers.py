@@ -261,17 +261,21 @@ def _tf_net(name: str, variables: list, static_kwargs: dict, components: dict, s
                                build_module_src=src, build_func_name=name, variables=variables))
 
 
+def tf_synthesis_parts(net: SG1Synthesis | SG2Synthesis) -> tuple[list, str, dict]:
+    """The TF synthesis network's variables, build function name and static kwargs for ``net``."""
+    if isinstance(net, SG1Synthesis):
+        return sg1_tf_variables(net), "G_synthesis", dict(
+            dlatent_size=net.w_dim, num_channels=3, resolution=net.img_resolution,
+            fused_scale=net.fused_scale, structure="auto")
+    return sg2_tf_variables(net), "G_synthesis_stylegan2", dict(
+        dlatent_size=net.w_dim, num_channels=3, resolution=net.img_resolution, architecture="skip")
+
+
 def write_tf_pkl(net: SG1Synthesis | SG2Synthesis, path: Path, marker: Path | None = None,
                  scoped_names: bool = False) -> Path:
     """``scoped_names``: variable names carry the network scope (``G_synthesis/4x4/Const/const``)."""
     src = EVIL_SRC.format(marker=str(marker or path.with_suffix(".executed")))
-    if isinstance(net, SG1Synthesis):
-        syn_vars, func = sg1_tf_variables(net), "G_synthesis"
-        syn_kwargs = dict(dlatent_size=net.w_dim, num_channels=3, resolution=net.img_resolution,
-                          fused_scale=net.fused_scale, structure="auto")
-    else:
-        syn_vars, func = sg2_tf_variables(net), "G_synthesis_stylegan2"
-        syn_kwargs = dict(dlatent_size=net.w_dim, num_channels=3, resolution=net.img_resolution, architecture="skip")
+    syn_vars, func, syn_kwargs = tf_synthesis_parts(net)
     if scoped_names:
         syn_vars = [(f"{func}/{name}", value) for name, value in syn_vars]
     mapping = _tf_net("G_mapping", [("Dense0/weight", np.ones((net.w_dim, net.w_dim), np.float32)),

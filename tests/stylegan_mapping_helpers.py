@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from tests.stylegan_helpers import (EVIL_SRC, Persistent, _module_state, _NVPickler, _np, _tf_net, official_globals,
-                                    persistent_tree, rosinality_state, sg1_tf_variables, sg2_tf_variables)
+                                    persistent_tree, rosinality_state, tf_synthesis_parts)
 
 REFERENCE = Path(__file__).with_name("stylegan_mapping_reference.json")
 Z_DIM = W_DIM = 16
@@ -78,17 +78,9 @@ def write_nvlabs_with_mapping(net, t: dict, path: Path, c_dim: int = 0) -> Path:
 
 
 def write_tf_with_mapping(net, t: dict, path: Path) -> Path:
-    from renderer.stylegan.sg1 import SG1Synthesis
-
     src = EVIL_SRC.format(marker=str(path.with_suffix(".executed")))
     n = sum(1 for k in t if k.endswith(".weight"))
-    if isinstance(net, SG1Synthesis):
-        syn_vars, func = sg1_tf_variables(net), "G_synthesis"
-        syn_kwargs = dict(dlatent_size=net.w_dim, num_channels=3, resolution=net.img_resolution,
-                          fused_scale=net.fused_scale, structure="auto")
-    else:
-        syn_vars, func = sg2_tf_variables(net), "G_synthesis_stylegan2"
-        syn_kwargs = dict(dlatent_size=net.w_dim, num_channels=3, resolution=net.img_resolution, architecture="skip")
+    syn_vars, func, syn_kwargs = tf_synthesis_parts(net)
     map_vars = []
     for i in range(n):
         map_vars.append((f"G_mapping/Dense{i}/weight", _np(t[f"fc{i}.weight"].t())))  # TF dense layout [in, out]
