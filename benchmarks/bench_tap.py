@@ -5,9 +5,9 @@ the systemd unit, CPU, its usual thread count and 0.25 s claim poll) on a real s
 display (``kiosk.display.Display``, SDL's dummy video driver, full-HD, 60 fps target, its own loop
 with its idle sleep) takes the taps as a visitor's touch would (``Display.tap``). Per tap we measure
 
-  answer      tap -> the first frame drawn in the live view ("your piece is starting")
-  first frame tap -> the first progress frame of the tap's job drawn on screen
-  card        tap -> the finished piece's card on screen (its crossfade begins)
+  answer      tap -> the first flip of the screen showing the live view ("your piece is starting")
+  first frame tap -> the first flip showing a progress frame of the tap's job
+  card        tap -> the first flip showing the finished piece's card (its crossfade begins)
   (row)       tap -> the piece row committed by the worker (wall clock)
 
 for the weights-free default generator at 512 and 1024 px and for randomly initialised StyleGAN2
@@ -127,6 +127,17 @@ def tap_once(d: Display, store: Store, timeout: float = 120.0) -> dict:
         d.tick()
     for _ in range(3):
         d.tick()
+    # Times are taken when the screen is flipped (``Display._present``), not when ``tick`` returns: a tick ends
+    # with the loop's idle wait, which would add the time until the next message to every figure.
+    flips: list[tuple[float, str, int | None, int | None]] = []
+    present = type(d)._present
+
+    def stamped_present() -> None:
+        present(d)
+        shown = d.shown.job_id if d.shown is not None else None
+        flips.append((time.perf_counter(), d.state, d.frame[0].job_id if d.frame is not None else None, shown))
+
+    d._present = stamped_present
     t0 = time.perf_counter()
     wall0 = time.time()
     d.last_tap = -1e9
@@ -134,20 +145,23 @@ def tap_once(d: Display, store: Store, timeout: float = 120.0) -> dict:
     job_id = None
     answer = first = card = None
     end = time.monotonic() + timeout
-    frames0 = d.stats.frames
-    while time.monotonic() < end:
-        d.tick()
-        now = time.perf_counter() - t0
-        if job_id is None and d.tap_job is not None:
-            job_id = d.tap_job
-        if answer is None and d.state == "making" and d.stats.frames > frames0:
+    try:
+        while time.monotonic() < end:
+            d.tick()
+            if job_id is None and d.tap_job is not None:
+                job_id = d.tap_job
+            if job_id is not None and d.shown is not None and d.shown.job_id == job_id:
+                break
+    finally:
+        del d._present
+    for at, state, frame_job, shown_job in flips:
+        now = at - t0
+        if answer is None and state == "making":
             answer = now
-        if first is None and job_id is not None and d.state == "making" and d.frame is not None \
-                and d.frame[0].job_id == job_id:
+        if first is None and job_id is not None and state == "making" and frame_job == job_id:
             first = now
-        if job_id is not None and d.shown is not None and d.shown.job_id == job_id:
+        if card is None and job_id is not None and shown_job == job_id:
             card = now
-            break
     if card is None:
         raise SystemExit("a tap did not come back in time")
     piece = store.get_piece(d.card_piece_id)

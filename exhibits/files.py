@@ -16,8 +16,11 @@ PNG_META_KEY = "kiosk:meta"
 
 
 @contextmanager
-def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(dest: str | os.PathLike, suffix: str | None = None, *, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on success it is fsynced and renamed onto ``dest``.
+
+    ``durable=False`` skips the fsync: readers still see the old file or the whole new one, but a power cut may
+    lose the new one (right for throwaway files such as live progress frames, where an fsync is the slowest step).
 
     On any exception the temporary file is removed and ``dest`` is untouched.
     """
@@ -28,8 +31,9 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if durable:
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; the web app may run as another user
         os.replace(tmp_path, dest)
     except BaseException:
@@ -46,8 +50,8 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def atomic_write_bytes(dest: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(dest) as tmp:
+def atomic_write_bytes(dest: str | os.PathLike, data: bytes, *, durable: bool = True) -> Path:
+    with atomic_path(dest, durable=durable) as tmp:
         tmp.write_bytes(data)
     return Path(dest)
 
