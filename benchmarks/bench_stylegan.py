@@ -22,7 +22,15 @@ discriminator-sized third network, as training writes them) against the referenc
 NVlabs' ``pickle.load`` with every embedded storage decoded by ``torch.load`` -- and our safetensors
 cache that later loads use.
 
-    python benchmarks/bench_stylegan.py [--quick] [--rounds 3] [--batches 1,4] [--device cuda]
+    python benchmarks/bench_stylegan.py [--quick] [--rounds 3] [--batches 1,4] [--device cuda] [--nvlabs DIR]
+
+``--nvlabs DIR`` (a checkout of NVlabs' ``stylegan2-ada-pytorch``) adds NVlabs' own code: for each size
+its ``training.networks.Generator`` is built (random weights, non-zero biases and noise strengths), saved
+by its own pickling (``torch_utils.persistence``), and our loader reads that pickle; NVlabs'
+``G.synthesis(ws, noise_mode='const', force_fp32=True)`` then runs in the same interleaved rounds, and
+loading compares NVlabs' ``legacy.load_network_pkl`` with ours on the pickle NVlabs wrote.  (NVlabs'
+``dnnlib`` imports ``requests`` for downloads this never makes; an empty stand-in is used when it is
+missing.)
 
 The render worker backs torch's large CPU tensors with transparent huge pages
 (``THP_MEM_ALLOC_ENABLE=1``, see ``renderer.worker.prefer_huge_pages``); run the benchmark with
@@ -176,19 +184,66 @@ def official_net(res: int, widths: dict[str, int], seed: int) -> SG2Synthesis:
     return net.eval().requires_grad_(False)
 
 
+def nvlabs_code(checkout: Path) -> tuple[Any, Any]:
+    """NVlabs' ``training.networks.Generator`` and ``legacy`` module from a stylegan2-ada-pytorch checkout."""
+    if not (checkout / "training" / "networks.py").is_file() or not (checkout / "legacy.py").is_file():
+        raise SystemExit(f"--nvlabs {checkout}: not a stylegan2-ada-pytorch checkout (training/networks.py, legacy.py)")
+    import types
+
+    sys.path.insert(0, str(checkout))
+    try:
+        import requests  # noqa: F401
+    except ImportError:  # dnnlib.util imports it at module level, for downloads only
+        sys.modules["requests"] = types.ModuleType("requests")
+    import legacy  # type: ignore[import-not-found]
+    from training.networks import Generator  # type: ignore[import-not-found]
+    return Generator, legacy
+
+
+def nvlabs_generator(generator_cls: Any, res: int, widths: dict[str, int], seed: int) -> Any:
+    """NVlabs' own Generator at official size with random weights, biases and noise strengths as trained ones have."""
+    torch.manual_seed(seed)
+    g = generator_cls(z_dim=512, c_dim=0, w_dim=W_DIM, img_resolution=res, img_channels=3,
+                      mapping_kwargs=dict(num_layers=8),
+                      synthesis_kwargs=dict(num_fp16_res=4, conv_clamp=256, **widths))
+    with torch.no_grad():
+        for layer in g.synthesis.modules():
+            if hasattr(layer, "noise_strength"):
+                layer.noise_strength.fill_(0.1)
+            if hasattr(layer, "bias") and isinstance(layer.bias, torch.nn.Parameter) and layer.bias.ndim == 1:
+                layer.bias.normal_(0, 0.1)
+    return g.eval().requires_grad_(False)
+
+
 def bench_synthesis(args: argparse.Namespace, device: torch.device, widths: dict[str, int], quick: str) -> None:
     resolutions = [int(r) for r in args.resolutions.split(",")] if args.resolutions else \
         ((256, 512) if args.quick else (256, 512, 1024))
     batches = [int(b) for b in args.batches.split(",")]
-    print(f"{'res':>5} {'batch':>5} {'reference s':>12} {'ours s':>8} {'speed-up':>9} {'max |d|':>9} "
+    nv_cls = nvlabs_code(Path(args.nvlabs))[0] if args.nvlabs else None
+    nv_head = f"{'NVlabs s':>9} {'vs NVlabs':>9} {'NVlabs max |d|':>15} " if nv_cls else ""
+    print(f"{'res':>5} {'batch':>5} {'reference s':>12} {nv_head}{'ours s':>8} {'speed-up':>9} {'max |d|':>9} "
           f"{'ours bf16 s':>12} {'speed-up':>9} {'bf16 max |d|':>13} {'load (min-max)':>16}")
     for res in resolutions:
-        net = official_net(res, widths, seed=res).to(device)
+        nv = None
+        if nv_cls is not None:  # ours is what our loader makes of the pickle NVlabs' own code wrote
+            nv = nvlabs_generator(nv_cls, res, widths, seed=res)
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / f"nvlabs-{res}.pkl"
+                with open(path, "wb") as f:
+                    pickle.dump(dict(G_ema=nv), f)
+                net = load_synthesis(path).net.eval().requires_grad_(False).to(device)
+            nv = nv.to(device)
+        else:
+            net = official_net(res, widths, seed=res).to(device)
         for batch in batches:
             ws = torch.randn(batch, net.num_ws, W_DIM, generator=torch.Generator().manual_seed(batch)).to(device)
+            fns: dict[str, Callable[[], Any]] = {"ref": lambda: reference_sg2(net, ws)}
+            if nv is not None:
+                fns["nvlabs"] = lambda: nv.synthesis(ws, noise_mode="const", force_fp32=True)
             with torch.no_grad():
                 ref = reference_sg2(net, ws)
                 diff = float((net(ws) - ref).abs().max())
+                nv_diff = float((fns["nvlabs"]() - net(ws)).abs().max()) if nv is not None else 0.0
                 with torch.autocast(device.type, dtype=torch.bfloat16):
                     diff16 = float((net(ws).float() - ref).abs().max())
             del ref
@@ -197,13 +252,15 @@ def bench_synthesis(args: argparse.Namespace, device: torch.device, widths: dict
                 with torch.autocast(device.type, dtype=torch.bfloat16):
                     return net(ws)
 
+            fns.update(ours=lambda: net(ws), bf16=ours_bf16)
             with torch.no_grad():
-                med, loads = rounds({"ref": lambda: reference_sg2(net, ws), "ours": lambda: net(ws),
-                                     "bf16": ours_bf16}, args.rounds, device)
-            print(f"{res:>5} {batch:>5} {med['ref']:>12.3f} {med['ours']:>8.3f} {med['ref'] / med['ours']:>8.2f}x "
+                med, loads = rounds(fns, args.rounds, device)
+            nv_cols = (f"{med['nvlabs']:>9.3f} {med['nvlabs'] / med['ours']:>8.2f}x {nv_diff:>15.1e} "
+                       if nv is not None else "")
+            print(f"{res:>5} {batch:>5} {med['ref']:>12.3f} {nv_cols}{med['ours']:>8.3f} {med['ref'] / med['ours']:>8.2f}x "
                   f"{diff:>9.1e} {med['bf16']:>12.3f} {med['ref'] / med['bf16']:>8.2f}x {diff16:>13.1e} "
                   f"{statistics.median(loads):>6.2f} ({min(loads):.1f}-{max(loads):.1f}){quick}", flush=True)
-        del net
+        del net, nv
 
 
 # --------------------------------------------------------------------------- loading
@@ -229,19 +286,33 @@ def reference_load(path: Path) -> Any:
 
 def bench_loading(args: argparse.Namespace, widths: dict[str, int], quick: str) -> None:
     res = 512 if args.quick else 1024
-    net = official_net(res, widths, seed=7)
+    legacy = None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"sg2-{res}.pkl"
-        write_training_pickle(path, net)
+        if args.nvlabs:  # the pickle NVlabs' own code writes, read by NVlabs' own loader
+            nv_cls, legacy = nvlabs_code(Path(args.nvlabs))
+            g = nvlabs_generator(nv_cls, res, widths, seed=7)
+            with open(path, "wb") as f:
+                pickle.dump(dict(G=copy.deepcopy(g), D=copy.deepcopy(g.synthesis), G_ema=g), f)
+            del g
+        else:
+            write_training_pickle(path, official_net(res, widths, seed=7))
         size_mb = path.stat().st_size / 1e6
         cache = Path(tmp) / "cache"
         load_synthesis(path, cache)  # writes the cache
-        fns = {"reference": lambda: reference_load(path),
+
+        def nvlabs_load() -> Any:
+            with open(path, "rb") as f:
+                return legacy.load_network_pkl(f)["G_ema"]
+
+        fns = {"reference": nvlabs_load if legacy is not None else lambda: reference_load(path),
                "ours": lambda: load_synthesis(path),
                "ours+sha256": lambda: load_synthesis(path).sha256,
                "ours cached": lambda: load_synthesis(path, cache)}
         med, loads = rounds(fns, args.rounds, torch.device("cpu"))
-    print(f"loading a {size_mb:.0f} MB official-format pickle of the {res} px network: " + ", ".join(
+    ref_name = "NVlabs' legacy.load_network_pkl" if legacy is not None else "the reference loader"
+    print(f"loading a {size_mb:.0f} MB official-format pickle of the {res} px network (reference: {ref_name}): "
+          + ", ".join(
         f"{k} {v:.3f} s ({med['reference'] / v:.2f}x)" for k, v in med.items())
           + f"; load {statistics.median(loads):.2f} ({min(loads):.1f}-{max(loads):.1f}){quick}")
     print("  (ours: the network ready, its sha256 still hashing on a background thread; ours+sha256: both done;"
@@ -284,6 +355,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--no-loading", action="store_true", help="skip the loading comparison")
+    parser.add_argument("--nvlabs", default="", metavar="DIR",
+                        help="a checkout of NVlabs' stylegan2-ada-pytorch: time its own code as well")
     args = parser.parse_args()
     device = torch.device(args.device)
     widths = QUICK if args.quick else OFFICIAL

@@ -144,3 +144,71 @@ def test_the_cpu_and_cuda_cutout_paths_agree():
     smooth = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 16), size=(64, 128), mode="bilinear")
     mixed = cut.sample_boxes(12, 128, 64, 16, 1.0, g)  # any sizes: close on a smooth picture
     assert (cut.crop_resize(smooth, mixed, 16) - cut.crop_resize_roi(smooth, mixed, 16)).abs().mean() < 0.01
+
+
+def _augment_step_by_step(x: torch.Tensor, p: cut.AugmentParams, n_pairs: int) -> torch.Tensor:
+    """The augmentations one after the other, as the classic notebooks apply them: the reference for
+    ``cut.augment``, which folds the flip into the warp, blurs only the cutouts drawn to be blurred and
+    does the colour changes as one matrix."""
+    import math
+
+    import kornia
+
+    n, _, s, _ = x.shape
+    ang = p.angle * math.pi / 180
+    cos, sin, sc, sh = ang.cos(), ang.sin(), p.scale, p.shear
+    a11, a12, a21, a22 = cos * sc, (cos * sh - sin) * sc, sin * sc, (sin * sh + cos) * sc
+    c = (s - 1) / 2
+    m = torch.stack([torch.stack([a11, a12, c - a11 * c - a12 * c + p.tx * s], 1),
+                     torch.stack([a21, a22, c - a21 * c - a22 * c + p.ty * s], 1)], 1)
+    x = kornia.geometry.transform.warp_affine(x, m, (s, s), mode="bilinear", padding_mode="reflection",
+                                              align_corners=True)
+    x = torch.where(p.flip[:, None, None, None], x.flip(-1), x)
+    if bool((p.blur > 0).any()):
+        k = 2 * math.ceil(2 * float(p.blur.max())) + 1
+        blurred = kornia.filters.gaussian_blur2d(x, (k, k), p.blur.clamp(min=1e-3)[:, None].expand(n, 2))
+        x = torch.where((p.blur > 0)[:, None, None, None], blurred, x)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * p.contrast[:, None, None, None] + mean + p.bright[:, None, None, None]
+    grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+    x = grey + (x - grey) * p.sat[:, None, None, None]
+    noise = cut._pair_noise(torch.randn((n - n_pairs, 3, s, s), generator=torch.Generator().manual_seed(p.noise_seed)),
+                            n_pairs)
+    return (x + noise * p.noise[:, None, None, None]).clamp(0, 1)
+
+
+def test_augment_matches_the_step_by_step_augmentations_values_and_gradients():
+    g = torch.Generator().manual_seed(5)
+    boxes = cut.sample_boxes(24, 96, 48, 16, 1.0, g, mirror_pairs=5)
+    params = cut.sample_augment(boxes, cut.AugmentConfig(blur_p=0.5, jitter=0.3), g)
+    assert params.flip.any() and not params.flip.all() and (params.blur > 0).any() and (params.blur == 0).any()
+    x = torch.rand(24, 3, 16, 16, requires_grad=True)
+    y = x.detach().clone().requires_grad_(True)
+    ours, ref = cut.augment(x, params, 5), _augment_step_by_step(y, params, 5)
+    assert (ours - ref).abs().max() < 2e-5
+    weights = torch.rand_like(ours)
+    (ours * weights).sum().backward()
+    (ref * weights).sum().backward()
+    assert (x.grad - y.grad).abs().max() < 2e-5
+    # Under the Doorways' bfloat16 autocast the cutout stage stays float32: only the image's own rounding differs
+    img = torch.rand(1, 3, 48, 96).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = cut.make_cutouts(img, boxes, 16, params)
+    assert low.dtype == torch.float32
+    assert torch.equal(low, cut.make_cutouts(img.float(), boxes, 16, params))
+
+
+def test_cpu_crops_match_the_per_cutout_loop_values_and_gradients():
+    g = torch.Generator().manual_seed(6)
+    img = torch.rand(1, 3, 40, 80, requires_grad=True)
+    ref_img = img.detach().clone().requires_grad_(True)
+    boxes = cut.sample_boxes(16, 80, 40, 24, 0.7, g, mirror_pairs=4)
+    boxes.size[-1] = 12  # smaller than the output: enlarged (bilinear), as the classic loop does
+    out, ref = cut.crop_resize(img, boxes, 24), cut.per_cutout_reference(ref_img, boxes, 24)
+    assert torch.equal(out, ref)
+    weights = torch.rand_like(out)
+    (out * weights).sum().backward()
+    (ref * weights).sum().backward()
+    assert (img.grad - ref_img.grad).abs().max() < 1e-5
+    frozen = img.detach()  # no gradient wanted: no backward work
+    assert not cut.crop_resize(frozen, boxes, 24).requires_grad

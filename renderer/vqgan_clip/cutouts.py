@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,13 +87,58 @@ def sample_boxes(n: int, width: int, height: int, cut_size: int, cut_pow: float,
 def crop_resize(image: torch.Tensor, boxes: Boxes, out_size: int) -> torch.Tensor:
     """All cutouts of ``image`` (1, C, H, W) resized to ``out_size``; pairs flipped.
 
-    On CUDA: one ``roi_align`` call.  Elsewhere: a slice and an area pool per cutout, because torchvision's
-    CPU ``roi_align`` backward runs on one thread and took 4-5x longer than the per-crop pooling
-    (forward+backward, 32-64 cutouts of 512x256 to 1536x768 canvases; benchmarks/bench_doorways.py).
+    On CUDA: one ``roi_align`` call.  Elsewhere: a slice and an area pool per cutout (:class:`_PooledCrops`),
+    because torchvision's CPU ``roi_align`` backward runs on one thread and took 4-5x longer than the
+    per-crop pooling (forward+backward, 32-64 cutouts of 512x256 to 1536x768 canvases;
+    benchmarks/bench_doorways.py).
     """
     if image.device.type != "cuda":
-        return per_cutout_reference(image, boxes, out_size)
+        return _PooledCrops.apply(image, boxes, out_size)
     return crop_resize_roi(image, boxes, out_size)
+
+
+def _pool(crop: torch.Tensor, out_size: int) -> torch.Tensor:
+    """The classic resize of one crop: area average when shrinking, bilinear when enlarging."""
+    if crop.shape[-1] >= out_size:
+        return F.adaptive_avg_pool2d(crop, out_size)
+    return F.interpolate(crop, size=(out_size, out_size), mode="bilinear", align_corners=False)
+
+
+class _PooledCrops(torch.autograd.Function):
+    """:func:`per_cutout_reference` with a backward that adds each crop's gradient into one image-sized buffer.
+
+    Through autograd, every slice's backward makes an image-sized zero tensor and the engine adds them up:
+    with 64 cutouts of a 1024x512 canvas that was a fifth of the whole cutout stage.  Forward values are
+    those of :func:`per_cutout_reference`, gradients the same sums in another order.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, image: torch.Tensor, boxes: Boxes, out_size: int) -> torch.Tensor:
+        rows = [(int(x0), int(y0), int(s), bool(f)) for x0, y0, s, f in
+                zip(boxes.x0.tolist(), boxes.y0.tolist(), boxes.size.tolist(), boxes.flip.tolist())]
+        ctx.rows, ctx.out_size, ctx.shape = rows, out_size, image.shape
+        out = image.new_empty((len(rows), image.shape[1], out_size, out_size))
+        for i, (x0, y0, s, flip) in enumerate(rows):
+            crop = _pool(image[:, :, y0:y0 + s, x0:x0 + s], out_size)
+            out[i:i + 1] = crop.flip(-1) if flip else crop
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        n, c, size, _ = grad.shape
+        g_img = grad.new_zeros(ctx.shape)
+        for i, (x0, y0, s, flip) in enumerate(ctx.rows):
+            g = grad[i:i + 1]
+            if flip:
+                g = g.flip(-1)
+            if s >= size:
+                gc = torch.ops.aten._adaptive_avg_pool2d_backward(g.contiguous(), grad.new_empty((1, c, s, s)))
+            else:
+                gc = torch.ops.aten.upsample_bilinear2d_backward(g.contiguous(), [size, size], [1, c, s, s], False)
+            g_img[:, :, y0:y0 + s, x0:x0 + s] += gc
+        return g_img, None, None
 
 
 def crop_resize_roi(image: torch.Tensor, boxes: Boxes, out_size: int) -> torch.Tensor:
@@ -158,7 +204,14 @@ def sample_augment(boxes: Boxes, cfg: AugmentConfig, generator: torch.Generator)
 
 
 def augment(x: torch.Tensor, p: AugmentParams, n_pairs: int = 0) -> torch.Tensor:
-    """Apply ``p`` to the batch ``x`` (N, 3, S, S) in a handful of batched ops."""
+    """Apply ``p`` to the batch ``x`` (N, 3, S, S) in a handful of batched ops.
+
+    In order: the affine warp (rotation, shear, scale, shift) with the horizontal flip folded into its matrix,
+    a Gaussian blur on the cutouts drawn to have one (only those are computed), brightness, contrast and
+    saturation as one 3x3 colour matrix per cutout, then noise.  The same picture as applying each
+    augmentation in turn (tests/test_vqgan_losses.py keeps that version as the reference), in fewer passes
+    over the batch, which is most of what the cutout stage costs on a CPU.
+    """
     import kornia
 
     n, _, s, _ = x.shape
@@ -173,28 +226,34 @@ def augment(x: torch.Tensor, p: AugmentParams, n_pairs: int = 0) -> torch.Tensor
     c = (s - 1) / 2
     tx = p.tx.to(dev) * s
     ty = p.ty.to(dev) * s
-    m = torch.stack([
-        torch.stack([a11, a12, c - a11 * c - a12 * c + tx], 1),
-        torch.stack([a21, a22, c - a21 * c - a22 * c + ty], 1),
-    ], 1).to(dt)
+    row0 = torch.stack([a11, a12, c - a11 * c - a12 * c + tx], 1)
+    # flipping the warped cutout left-right is x -> (s - 1) - x after the warp: fold it into the first row
+    flip = p.flip.to(dev)
+    row0 = torch.where(flip[:, None], torch.tensor([0.0, 0.0, s - 1.0], device=dev) - row0, row0)
+    m = torch.stack([row0, torch.stack([a21, a22, c - a21 * c - a22 * c + ty], 1)], 1).to(dt)
     x = kornia.geometry.transform.warp_affine(x, m, (s, s), mode="bilinear", padding_mode="reflection",
                                               align_corners=True)
-    flip = p.flip.to(dev)
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     blur = p.blur.to(dev)
-    if bool((blur > 0).any()):
-        sig = blur.clamp(min=1e-3)[:, None].expand(n, 2).to(dt)
+    which = torch.nonzero(blur > 0).flatten()
+    if which.numel():
+        sig = blur.index_select(0, which).clamp(min=1e-3)[:, None].expand(-1, 2).to(dt)
         k = 2 * math.ceil(2 * float(blur.max())) + 1
-        blurred = kornia.filters.gaussian_blur2d(x, (k, k), sig)
-        x = torch.where((blur > 0)[:, None, None, None], blurred, x)
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * p.contrast.to(dev, dt)[:, None, None, None] + mean + p.bright.to(dev, dt)[:, None, None, None]
-    grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
-    x = grey + (x - grey) * p.sat.to(dev, dt)[:, None, None, None]
+        x = x.index_copy(0, which, kornia.filters.gaussian_blur2d(x.index_select(0, which), (k, k), sig))
+    # contrast about the cutout's mean, brightness, then saturation towards grey (Rec. 601 weights):
+    # out = sat*y + (1-sat)*grey(y), y = contrast*(x - mean) + mean + bright.  As the weights sum to 1 this is
+    # contrast * K @ x + ((1 - contrast) * mean + bright), with K = sat*I + (1-sat) * 1 w^T.
+    ct = p.contrast.to(dev, torch.float32)
+    sat = p.sat.to(dev, torch.float32)
+    w = torch.tensor([0.299, 0.587, 0.114], device=dev)
+    k_mat = sat[:, None, None] * torch.eye(3, device=dev) + (1 - sat)[:, None, None] * w.expand(3, 3)
+    k_mat = (ct[:, None, None] * k_mat).to(dt)
+    mean = x.mean(dim=(1, 2, 3))
+    offset = ((1 - p.contrast.to(dev, dt)) * mean + p.bright.to(dev, dt))[:, None, None]
+    x = torch.baddbmm(offset, k_mat, x.reshape(n, 3, s * s)).reshape(n, 3, s, s)
     g = torch.Generator().manual_seed(p.noise_seed)
     half = torch.randn((n - n_pairs, 3, s, s), generator=g)
     noise = _pair_noise(half, n_pairs).to(dev, dt)
-    x = x + noise * p.noise.to(dev, dt)[:, None, None, None]
+    x = torch.addcmul(x, noise, p.noise.to(dev, dt)[:, None, None, None])
     return x.clamp(0, 1)
 
 
@@ -208,10 +267,17 @@ def _pair_noise(noise: torch.Tensor, n_pairs: int) -> torch.Tensor:
 
 
 def make_cutouts(image: torch.Tensor, boxes: Boxes, out_size: int, aug: AugmentParams | None) -> torch.Tensor:
-    """Crop, resize and (optionally) augment: the batch CLIP sees."""
-    x = crop_resize(image, boxes, out_size)
-    if aug is not None:
-        x = augment(x, aug, boxes.n_pairs)
+    """Crop, resize and (optionally) augment: the batch CLIP sees, in float32.
+
+    This stage runs in float32 under any autocast.  On the CPU the pooling, warping and in-place adds run
+    several times slower in bfloat16 than in float32 (64 cutouts of a 1024x512 canvas, forward and backward:
+    4.3 s against about 1 s), and bfloat16 sampling positions are off by up to half a pixel at 224 px.  The
+    image is one small tensor, the cutouts 38 MB; CLIP casts them to its own precision.
+    """
+    with torch.autocast(image.device.type, enabled=False):
+        x = crop_resize(image.float(), boxes, out_size)
+        if aug is not None:
+            x = augment(x, aug, boxes.n_pairs)
     return x
 
 
