@@ -10,8 +10,15 @@ in-place constraint (e.g. clamping z to the codebook's box, stroke widths to a
 range), and the random generators whose state must survive a resume.  Progress
 is one small dict through ``progress``.
 
-The optimisation state (parameters, Adam state, step, every RNG state) is
-written atomically to ``<work_dir>/optim_state.pt`` every ``checkpoint_every``
+Under float16 autocast (CUDA without bfloat16) the loss is scaled for backward
+(``torch.amp.GradScaler``, see :mod:`renderer.accel`): a step whose gradients or
+loss are not finite is skipped rather than raised, but a loss that stays
+non-finite for ``max_nonfinite_steps`` steps in a row (or gradients that overflow
+at every scale) raises :class:`FloatingPointError` naming the step.  bfloat16
+and float32 keep no scaler, and a non-finite loss raises at once.
+
+The optimisation state (parameters, Adam state, step, every RNG state, the loss
+scale) is written atomically to ``<work_dir>/optim_state.pt`` every ``checkpoint_every``
 steps and when a stop is requested; a later run with the same fingerprint
 resumes from it and, on the CPU, continues bit-identically.
 """
@@ -27,6 +34,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from exhibits.files import atomic_path
+from renderer.accel import LossScaling
 from renderer.base import RenderCancelled
 from renderer.guidance.video import VIDEO_FORMATS, write_video
 
@@ -36,6 +44,8 @@ STATE_FILE = "optim_state.pt"
 FRAMES_DIR = "timelapse_frames"
 LR_SCHEDULES = ("constant", "cosine", "linear")
 TIMELAPSE_FORMATS = VIDEO_FORMATS
+# float16 steps in a row whose gradients overflowed: the scale has then backed off from 2**16 to 2**-24.
+GRAD_OVERFLOW_LIMIT = 40
 
 LossTerm = Callable[[torch.Tensor, int], Mapping[str, torch.Tensor]]
 
@@ -52,6 +62,7 @@ class OptimConfig:
     timelapse_format: str = "mp4"
     fingerprint: str = ""
     amp_dtype: torch.dtype | None = None  # autocast dtype; None or float32 = off
+    max_nonfinite_steps: int = 8  # float16 only: non-finite losses in a row before FloatingPointError
 
     def lr_at(self, step: int) -> float:
         if self.lr_schedule == "constant" or self.steps <= 1:
@@ -108,6 +119,8 @@ class OptimResult:
     losses: dict[str, float] = field(default_factory=dict)
     timelapse: dict[str, Path] = field(default_factory=dict)
     seconds: float = 0.0
+    skipped_steps: int = 0  # float16: steps the loss scaler skipped (non-finite loss or gradients)
+    loss_scale: float | None = None  # float16: the scale at the end; None without a scaler
 
 
 def to_pil(image: torch.Tensor) -> Any:
@@ -135,20 +148,21 @@ def _set_rng_state(problem: Problem, state: Mapping[str, Any], device: torch.dev
 
 
 def save_state(path: Path, problem: Problem, opt: torch.optim.Optimizer, step: int, cfg: OptimConfig,
-               losses: Mapping[str, float]) -> None:
+               losses: Mapping[str, float], scaling: LossScaling | None = None) -> None:
     if isinstance(problem.params, torch.Tensor):
         params: Any = problem.params.detach().cpu().clone()
     else:
         params = [t.detach().cpu().clone() for t in problem.leaves()]
     state = {"fingerprint": cfg.fingerprint, "step": step, "params": params,
              "optimizer": opt.state_dict(), "rng": _rng_state(problem, problem.leaves()[0].device),
-             "losses": dict(losses)}
+             "losses": dict(losses), "scaler": scaling.state_dict() if scaling is not None else None}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     log.debug("saved optimisation state at step %d to %s", step, path)
 
 
-def load_state(path: Path, problem: Problem, opt: torch.optim.Optimizer, cfg: OptimConfig) -> int:
+def load_state(path: Path, problem: Problem, opt: torch.optim.Optimizer, cfg: OptimConfig,
+               scaling: LossScaling | None = None) -> int:
     """Restore a saved state if it matches ``cfg.fingerprint``; returns the step to continue from (0 if none)."""
     if not path.is_file():
         return 0
@@ -170,6 +184,8 @@ def load_state(path: Path, problem: Problem, opt: torch.optim.Optimizer, cfg: Op
             dest.copy_(src.to(dest.device))
     opt.load_state_dict(state["optimizer"])
     _set_rng_state(problem, state["rng"], leaves[0].device)
+    if scaling is not None:
+        scaling.load_state_dict(state.get("scaler"))
     log.info("resuming optimisation from step %d (%s)", state["step"], path)
     return int(state["step"])
 
@@ -207,14 +223,16 @@ def optimise(problem: Problem, cfg: OptimConfig, hooks: Hooks) -> OptimResult:
     work = Path(hooks.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     state_path = work / STATE_FILE
-    start = load_state(state_path, problem, opt, cfg)
-    frames_dir = work / FRAMES_DIR
     amp = cfg.amp_dtype is not None and cfg.amp_dtype != torch.float32
+    scaling = LossScaling(device, cfg.amp_dtype if amp else None)
+    start = load_state(state_path, problem, opt, cfg, scaling)
+    frames_dir = work / FRAMES_DIR
     losses: dict[str, float] = {}
+    skipped = bad_loss = overflow = 0
     t0 = time.perf_counter()
     for step in range(start, cfg.steps):
         if hooks.should_stop():
-            save_state(state_path, problem, opt, step, cfg, losses)
+            save_state(state_path, problem, opt, step, cfg, losses, scaling)
             raise RenderCancelled(f"stopped at step {step} of {cfg.steps}; state saved to {state_path}")
         lr = cfg.lr_at(step)
         for group in opt.param_groups:
@@ -226,10 +244,22 @@ def optimise(problem: Problem, cfg: OptimConfig, hooks: Hooks) -> OptimResult:
             for term in problem.terms:
                 parts.update(term(image, step))
         total = sum(v.float() for v in parts.values())
-        if not torch.isfinite(total):
-            raise FloatingPointError(f"loss became {float(total)} at step {step}: {parts}")
-        total.backward()
-        opt.step()
+        finite = bool(torch.isfinite(total))
+        if not finite and not scaling.enabled:
+            raise FloatingPointError(f"loss became {float(total.detach())} at step {step}: {parts}")
+        bad_loss = 0 if finite else bad_loss + 1
+        stepped = finite and scaling.step(total, opt)
+        overflow = 0 if stepped or not finite else overflow + 1
+        if not stepped:
+            skipped += 1
+            value = float(total.detach())
+            log.debug("float16 step %d skipped (loss %s, loss scale %s)", step, value, scaling.scale)
+            if bad_loss >= cfg.max_nonfinite_steps:
+                raise FloatingPointError(f"loss became {value} at step {step} under float16 autocast, "
+                                         f"non-finite for {bad_loss} steps in a row: {parts}")
+            if overflow >= GRAD_OVERFLOW_LIMIT:
+                raise FloatingPointError(f"gradients not finite at step {step} under float16 autocast for "
+                                         f"{overflow} steps in a row, at every loss scale down to {scaling.scale}")
         if problem.constrain is not None:
             with torch.no_grad():
                 problem.constrain(z)
@@ -246,7 +276,7 @@ def optimise(problem: Problem, cfg: OptimConfig, hooks: Hooks) -> OptimResult:
         if cfg.timelapse_every and done % cfg.timelapse_every == 0:
             _save_frame(frames_dir, done, image)
         if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            save_state(state_path, problem, opt, done, cfg, losses)
+            save_state(state_path, problem, opt, done, cfg, losses, scaling)
     with torch.no_grad(), torch.autocast(device_type=device.type, dtype=cfg.amp_dtype or torch.float32,
                                          enabled=amp):
         final = problem.generate(z).float().detach()
@@ -254,5 +284,9 @@ def optimise(problem: Problem, cfg: OptimConfig, hooks: Hooks) -> OptimResult:
     if cfg.timelapse_every:
         _save_frame(frames_dir, cfg.steps, final)
         timelapse = write_timelapse(frames_dir, work, cfg.timelapse_format)
+    if skipped:
+        log.info("float16 loss scaling skipped %d of %d steps (loss scale now %s)", skipped, cfg.steps - start,
+                 scaling.scale)
     return OptimResult(image=final, steps_done=cfg.steps, resumed_from=start, losses=losses,
-                       timelapse=timelapse, seconds=time.perf_counter() - t0)
+                       timelapse=timelapse, seconds=time.perf_counter() - t0, skipped_steps=skipped,
+                       loss_scale=scaling.scale)
