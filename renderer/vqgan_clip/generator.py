@@ -27,8 +27,15 @@ Settings (the exhibit's ``[generator]`` table; a job's ``params`` override them)
 ``seed`` (int, optional): overrides the request's seed.
 ``amp`` (bool, true): autocast with ``ctx.dtype``.  ``channels_last`` (bool, true): channels-last decoder
 activations (with bfloat16 on the CPU, oneDNN's convolutions run about twice as fast in this layout).
-``compile`` (bool, false): ``torch.compile`` the synthesis.  ``grad_checkpoint`` (``"auto"`` | bool,
-auto = canvases above 512x512): recompute decoder blocks in backward.
+``compile`` (``"off"`` | ``"default"`` | ``"reduce-overhead"`` | ``"max-autotune"``, or a bool: true =
+    ``"default"``; default false): ``torch.compile`` the synthesis (decoder) with that mode, compiled at the
+    first step.  ``"reduce-overhead"`` adds CUDA graphs on a GPU (on the CPU it is ``"default"``);
+    ``"max-autotune"`` tries kernel variants and compiles for minutes.  If compiling fails (no C++
+    compiler, no Triton, an unsupported operation) a warning is logged once and the render continues
+    eagerly (see :mod:`renderer.accel`).
+``grad_checkpoint`` (``"auto"`` | bool, auto = canvases above 512x512): recompute decoder blocks in backward.
+On CUDA without bfloat16 the loop runs float16 autocast with loss scaling (``amp``; see
+:mod:`renderer.guidance.loop`).
 ``init_image`` (path, optional): start from this picture (also ``RenderRequest.init_image``) -- the
     "surgery" workflow: edit a finished piece, then continue from it.
 """
@@ -42,6 +49,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from renderer import accel
 from renderer.base import GeneratorUnavailable, RenderContext, register
 from renderer.guidance.host import (Canvas, GuidanceSettings, GuidedGenerator, fetch_hint, file_sha256,
                                     parse_settings as _parse)
@@ -63,6 +71,14 @@ def _grad_checkpoint(v: Any) -> Any:
     return v
 
 
+def _compile_setting(v: Any) -> Any:
+    try:
+        accel.parse_compile_mode(v)
+    except ValueError:
+        raise ValueError(accel.COMPILE_ALLOWED) from None
+    return v
+
+
 def _vqgan_spec(v: Any) -> str:
     if not (isinstance(v, str) and v):
         raise ValueError("a checkpoint name, a path to a .ckpt, or 'tiny'")
@@ -73,7 +89,7 @@ def _vqgan_spec(v: Any) -> str:
 class Settings(GuidanceSettings):
     vqgan: str = field(default="vqgan_imagenet_f16_16384", metadata={"check": _vqgan_spec})
     channels_last: bool = True
-    compile: bool = False
+    compile: Any = field(default=False, metadata={"check": _compile_setting})  # a bool or a mode name
     grad_checkpoint: Any = field(default="auto", metadata={"check": _grad_checkpoint})
 
     @property
@@ -130,6 +146,7 @@ class VqganClipGenerator(GuidedGenerator):
 
     def __init__(self, settings: Settings, ctx: RenderContext):
         self._vqgans: dict[str, tuple[VQGAN, dict]] = {}
+        self._synths: dict[tuple[str, str], Any] = {}
         super().__init__(settings, ctx)
 
     def _label(self, s: Settings) -> str:
@@ -191,7 +208,10 @@ class VqganClipGenerator(GuidedGenerator):
 
         vq.grad_checkpoint = self._grad_ckpt(s, width, height)
         vq.to(memory_format=torch.channels_last if s.channels_last else torch.contiguous_format)
-        generate = torch.compile(vq.synth) if s.compile else vq.synth
+        mode = accel.parse_compile_mode(s.compile)
+        if (s.vqgan, mode) not in self._synths:  # one wrapper per model and mode: compiled (or failed) once
+            self._synths[(s.vqgan, mode)] = accel.compiled(vq.synth, mode, name=f"VQGAN {s.vqgan} synthesis")
+        generate = self._synths[(s.vqgan, mode)]
 
         def warp(p: torch.Tensor, matrix: torch.Tensor) -> None:
             p.copy_(vq.encode(warp_image(vq.synth(p), matrix) * 2 - 1))
