@@ -12,6 +12,16 @@ Settings (the exhibit's ``[generator]`` table; a job's params may override all b
 ``mode``         ``"wplus"`` (default: ``ws = randn * sigma``) or ``"truncation"`` (``ws = w_avg + sigma * randn``)
 ``noise_mode``   ``"const"`` (default), ``"random"`` (seeded) or ``"none"``
 ``batch``        images per forward pass in :meth:`StyleGANGenerator.render_batch` (default 4)
+``compile``      ``"off"`` (default) | ``"default"`` | ``"reduce-overhead"`` | ``"max-autotune"``, or a bool
+                 (true = ``"default"``): ``torch.compile`` the synthesis network, compiled at the first
+                 image; if compiling fails a warning is logged once and it runs eagerly
+``cuda_graphs``  bool, default false: on CUDA, replay each batch size's synthesis from a captured CUDA
+                 graph (static buffers, no per-kernel launch cost); needs ``noise_mode`` ``"const"`` or
+                 ``"none"`` (a graph would replay the noise of its capture) and ``compile`` off
+                 (``"reduce-overhead"`` is compile's own CUDA graphs).  Ignored on the CPU, with one log line.
+
+``compile`` and ``cuda_graphs`` are fixed when the generator is built; a job cannot change them.
+See :mod:`renderer.accel`.
 """
 from __future__ import annotations
 
@@ -24,6 +34,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from renderer import accel
 from renderer.base import GeneratorUnavailable, RenderContext, RenderRequest, RenderResult, register
 from renderer.stylegan.common import NOISE_MODES
 from renderer.stylegan.loaders import LoadedSynthesis, load_synthesis
@@ -32,7 +43,9 @@ from renderer.stylegan.unpickle import CheckpointError
 log = logging.getLogger(__name__)
 
 MODES = ("wplus", "truncation")
-SETTINGS_KEYS = frozenset({"checkpoint", "sigma", "sigma_range", "mode", "noise_mode", "batch"})
+SETTINGS_KEYS = frozenset({"checkpoint", "sigma", "sigma_range", "mode", "noise_mode", "batch", "compile",
+                           "cuda_graphs"})
+BUILD_KEYS = ("checkpoint", "compile", "cuda_graphs")  # fixed when the generator is built
 DEFAULT_SIGMA = 1.0
 _FAMILY_LABELS = {"stylegan1": "StyleGAN", "stylegan2": "StyleGAN2", "stylegan3": "StyleGAN3"}
 
@@ -41,8 +54,31 @@ def _bad(key: str, value: Any, allowed: str) -> GeneratorUnavailable:
     return GeneratorUnavailable(f"stylegan generator: setting {key}={value!r} is invalid; allowed: {allowed}")
 
 
+def parse_speed(params: Mapping[str, Any]) -> tuple[str, bool]:
+    """The ``compile`` mode and ``cuda_graphs``, validated together with ``noise_mode``."""
+    try:
+        compile_mode = accel.parse_compile_mode(params.get("compile", False))
+    except ValueError:
+        raise _bad("compile", params.get("compile"), accel.COMPILE_ALLOWED) from None
+    graphs = params.get("cuda_graphs", False)
+    if not isinstance(graphs, bool):
+        raise _bad("cuda_graphs", graphs, "true or false")
+    if graphs:
+        noise_mode = params.get("noise_mode", "const")
+        if noise_mode not in accel.GRAPH_NOISE_MODES:
+            raise GeneratorUnavailable(
+                f"stylegan generator: setting cuda_graphs=true needs noise_mode "
+                f"{' or '.join(repr(m) for m in accel.GRAPH_NOISE_MODES)}, got noise_mode={noise_mode!r} "
+                "(a CUDA graph replays the noise drawn when it was captured)")
+        if compile_mode != "off":
+            raise GeneratorUnavailable(
+                f"stylegan generator: settings cuda_graphs=true and compile={params.get('compile')!r} do not go "
+                "together; allowed: one of them (compile = 'reduce-overhead' is compiled code with CUDA graphs)")
+    return compile_mode, graphs
+
+
 def parse_sampling(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate the sampling settings; returns sigma or sigma_range, mode, noise_mode, batch."""
+    """Validate the settings; returns sigma or sigma_range, mode, noise_mode, batch (and checks the rest)."""
     unknown = sorted(set(params) - SETTINGS_KEYS)
     if unknown:
         raise GeneratorUnavailable(
@@ -72,6 +108,7 @@ def parse_sampling(params: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise _bad("batch", batch, "an integer >= 1")
     out["batch"] = batch
+    parse_speed(params)
     return out
 
 
@@ -132,6 +169,14 @@ class StyleGANGenerator:
         self.device = torch.device(device)
         self.net = loaded.net.to(self.device)
         self.net.fp16_enabled = self.device.type == "cuda" and self.net.has_fp16
+        self.compile_mode, cuda_graphs = parse_speed(self.settings)
+        self.synthesis_fn = accel.compiled(self.net, self.compile_mode, name=f"StyleGAN {checkpoint_name} synthesis")
+        # The CUDA-graph runner (static input/output buffers per batch shape); None: the network runs directly.
+        self.runner: accel.GraphRunner | None = None
+        if cuda_graphs and self.device.type == "cuda":
+            self.runner = accel.synthesis_runner(self.net, self.sampling["noise_mode"])
+        elif cuda_graphs:
+            log.info("stylegan generator: setting cuda_graphs is for CUDA; ignored on %s", self.device)
         fam = _FAMILY_LABELS.get(loaded.family, loaded.family)
         self.label = f"{fam} ({checkpoint_name}) synthesis fed random W+ codes"
 
@@ -156,7 +201,11 @@ class StyleGANGenerator:
         """Images [N, C, H, W] in [-1, 1] with a NaN/inf guard; the dict says what the guard did."""
         ws = ws.to(self.device)
         info: dict[str, Any] = {"fp16": bool(self.net.fp16_enabled)}
-        img = self.net(ws, noise_mode=noise_mode, generator=generator)
+        if self.runner is not None:
+            accel.check_graph_noise_mode(noise_mode)
+            img = self.runner(ws)
+        else:
+            img = self.synthesis_fn(ws, noise_mode=noise_mode, generator=generator)
         bad = int((~torch.isfinite(img)).sum())
         if bad and self.net.fp16_enabled:
             log.warning("fp16 synthesis produced %d non-finite values; rerunning in float32", bad)
@@ -175,6 +224,13 @@ class StyleGANGenerator:
 
     def render(self, req: RenderRequest, ctx: RenderContext) -> RenderResult:
         params = {**self.settings, **dict(req.params)}
+        for key in BUILD_KEYS:
+            if key in req.params and req.params[key] != self.settings.get(key):
+                log.warning("stylegan generator: setting %s is fixed when the generator is built; the job's %s=%r "
+                            "is ignored", key, key, req.params[key])
+            params[key] = self.settings.get(key)
+            if params[key] is None:
+                params.pop(key)
         params.pop("checkpoint", None)
         if "sigma" in req.params:
             params.pop("sigma_range", None)
