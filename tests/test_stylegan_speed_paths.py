@@ -41,6 +41,25 @@ def test_sg2_batch_equals_its_samples_with_random_noise() -> None:
     assert noisy.shape == batch.shape and torch.isfinite(noisy).all() and not torch.allclose(noisy, batch)
 
 
+@pytest.mark.parametrize("split", [4, 8, 16])
+def test_sg2_batch_split_into_samples_above_a_resolution_is_the_same_picture(split: int) -> None:
+    # On the CPU a batch runs as one batch up to cpu_split_resolution and one sample at a time above it.
+    net = tiny_sg2(res=32).eval().requires_grad_(False)
+    ws = ws_for(net, n=3, sigma=1.5)
+    with torch.no_grad():
+        net.cpu_split_resolution = 0
+        whole = {m: net(ws, noise_mode=m, generator=torch.Generator().manual_seed(7)) for m in ("const", "random")}
+        net.cpu_split_resolution = split
+        parts = {m: net(ws, noise_mode=m, generator=torch.Generator().manual_seed(7)) for m in ("const", "random")}
+    for mode in ("const", "random"):  # random noise: the same draws as one batch makes, in the same order
+        assert parts[mode].shape == whole[mode].shape and parts[mode].is_contiguous()
+        assert torch.allclose(parts[mode], whole[mode], atol=2e-5), (mode, (parts[mode] - whole[mode]).abs().max())
+    assert torch.allclose(parts["const"], reference_sg2(net, ws), atol=1e-4)
+    ws = ws.clone().requires_grad_(True)  # gradients reach every sample's latent through the split
+    net(ws).square().mean().backward()
+    assert ws.grad is not None and bool((ws.grad.abs().sum(dim=(1, 2)) > 0).all())
+
+
 def test_sg2_gradients_flow_through_the_fast_path() -> None:
     # Guidance by CLIP optimises the latent through the synthesis: the in-place epilogue must step aside.
     net = tiny_sg2(res=16).eval().requires_grad_(False)

@@ -39,12 +39,14 @@ class SynthesisLayer(torch.nn.Module):
         self.register_buffer("resample_filter", setup_filter([1, 3, 3, 1]))
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, noise_mode: str, generator: torch.Generator | None,
-                fused: bool | None) -> torch.Tensor:
+                fused: bool | None, drawn: torch.Tensor | None = None) -> torch.Tensor:
+        """``drawn``: this layer's unit noise (N, 1, res, res), already drawn (noise_mode "random" only)."""
         styles = self.affine(w)
         noise = None
         if self.use_noise and noise_mode == "random":
-            noise = randn_like_on([x.shape[0], 1, self.resolution, self.resolution], x, generator) \
-                * self.noise_strength.to(x.dtype)
+            if drawn is None:
+                drawn = randn_like_on([x.shape[0], 1, self.resolution, self.resolution], x, generator)
+            noise = drawn.to(x.dtype) * self.noise_strength.to(x.dtype)
         elif self.use_noise and noise_mode == "const":
             noise = self.noise_const * self.noise_strength
         return modulated_conv2d_act_sg2(x, self.weight, styles, self.bias, noise, up=self.up, padding=1,
@@ -100,7 +102,10 @@ class SynthesisBlock(torch.nn.Module):
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor, noise_mode: str,
                 generator: torch.Generator | None, fp16: bool,
-                memory_format: torch.memory_format = torch.contiguous_format) -> tuple[torch.Tensor, torch.Tensor]:
+                memory_format: torch.memory_format = torch.contiguous_format,
+                drawn: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``drawn``: the convolutions' unit noise, already drawn (see :meth:`SG2Synthesis.synthesize`)."""
+        d0, d1 = (drawn[0], drawn[-1]) if drawn else (None, None)
         dtype = torch.float16 if (self.use_fp16 and fp16) else torch.float32
         # One sample: its styles folded into the kernel.  A batch: activation scaling around one convolution
         # shared by the batch (oneDNN on the CPU, and the safe choice for fp16); NVlabs' grouped convolution
@@ -109,11 +114,11 @@ class SynthesisBlock(torch.nn.Module):
         if self.in_channels == 0:
             x = self.const.to(dtype).unsqueeze(0).expand(ws.shape[0], -1, -1, -1)
             x = x.contiguous(memory_format=memory_format)
-            x = self.conv1(x, ws[:, 0], noise_mode, generator, fused)
+            x = self.conv1(x, ws[:, 0], noise_mode, generator, fused, d1)
         else:
             x = x.to(dtype).contiguous(memory_format=memory_format)
-            x = self.conv0(x, ws[:, 0], noise_mode, generator, fused)
-            x = self.conv1(x, ws[:, 1], noise_mode, generator, fused)
+            x = self.conv0(x, ws[:, 0], noise_mode, generator, fused, d0)
+            x = self.conv1(x, ws[:, 1], noise_mode, generator, fused, d1)
         if img is not None:
             img = upsample2d(img, self.resample_filter)
         y = self.torgb(x, ws[:, self.num_conv], fused).to(torch.float32)
@@ -125,8 +130,13 @@ class SG2Synthesis(Synthesis):
     """StyleGAN2 synthesis: const 4x4 input, modulated/demodulated 3x3 convs with noise, ToRGB skips."""
 
     family = "stylegan2"
-    # A batch runs as one batch on every device (activation scaling around shared convolutions).
+    # A batch runs as one batch through the blocks up to ``cpu_split_resolution`` (small activations, where
+    # sharing each convolution's weights across the batch pays), and on the CPU one sample at a time above
+    # it, each with its styles folded into the kernel: at 128 px and up the activations dwarf the weights,
+    # and a batch's activation scaling costs two extra passes over them per layer.  0: one batch throughout.
+    # (benchmarks/bench_stylegan.py; at official size, 512 px, batch 4 the split took 0.8x the time.)
     cpu_batch_per_sample = False
+    cpu_split_resolution = 64
 
     def __init__(self, w_dim: int, img_resolution: int, img_channels: int, channels: Mapping[Any, int],
                  num_fp16_res: int = 0, conv_clamp: float | None = None, use_noise: bool = True) -> None:
@@ -172,13 +182,35 @@ class SG2Synthesis(Synthesis):
     def synthesize(self, ws: torch.Tensor, noise_mode: str = "const",
                    generator: torch.Generator | None = None) -> torch.Tensor:
         ws = ws.to(torch.float32)
-        x = img = None
-        w_idx = 0
+        n = ws.shape[0]
         fp16 = self.fp16_enabled and ws.device.type == "cuda"
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        for res in self.block_resolutions:
+        split = self.cpu_split_resolution if ws.device.type == "cpu" and n > 1 else 0
+        head = [r for r in self.block_resolutions if not split or r <= split]
+        tail = self.block_resolutions[len(head):]
+        x, img, w_idx = self._run_blocks(head, ws, 0, None, None, noise_mode, generator, fp16, fmt, None)
+        if not tail:
+            return img.contiguous()
+        drawn: dict[int, list[torch.Tensor]] = {}
+        if noise_mode == "random" and self.use_noise:  # drawn for the whole batch, in the order one batch draws
+            for res in tail:
+                drawn[res] = [randn_like_on([n, 1, res, res], ws, generator)
+                              for _ in range(getattr(self, f"b{res}").num_conv)]
+        imgs = []
+        for i in range(n):
+            mine = {res: [t[i:i + 1] for t in ts] for res, ts in drawn.items()} if drawn else None
+            imgs.append(self._run_blocks(tail, ws[i:i + 1], w_idx, x[i:i + 1], img[i:i + 1], noise_mode, generator,
+                                         fp16, fmt, mine)[1])
+        return torch.cat(imgs).contiguous()
+
+    def _run_blocks(self, resolutions: list[int], ws: torch.Tensor, w_idx: int, x: torch.Tensor | None,
+                    img: torch.Tensor | None, noise_mode: str, generator: torch.Generator | None, fp16: bool,
+                    fmt: torch.memory_format, drawn: dict[int, list[torch.Tensor]] | None,
+                    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        for res in resolutions:
             block = getattr(self, f"b{res}")
             cur = ws.narrow(1, w_idx, block.num_conv + block.num_torgb)
             w_idx += block.num_conv
-            x, img = block(x, img, cur, noise_mode, generator, fp16, fmt)
-        return img.contiguous()
+            x, img = block(x, img, cur, noise_mode, generator, fp16, fmt, drawn.get(res) if drawn else None)
+        assert x is not None and img is not None
+        return x, img, w_idx
