@@ -245,7 +245,9 @@ def modulated_conv2d_act_sg2(x: torch.Tensor, weight: torch.Tensor, styles: torc
             x = F.conv2d(x, w.to(x.dtype), b.to(x.dtype), padding=padding)
         else:
             x = conv2d_resample(x, w.to(x.dtype), resample_filter, up=up, padding=padding)
-            x = x + b.to(x.dtype).reshape(1, -1, 1, 1)
+            bias4 = b.to(x.dtype).reshape(1, -1, 1, 1)
+            # in place without autograd: a new tensor of this size costs more in fresh pages than the add itself
+            x = x + bias4 if torch.is_grad_enabled() and x.requires_grad else x.add_(bias4)
     else:
         x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
         x = conv2d_resample(x, weight.to(x.dtype), resample_filter, up=up, padding=padding)
