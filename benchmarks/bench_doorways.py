@@ -8,8 +8,10 @@ Variants, each with its own latent, Adam and random stream, on the same canvas a
 
 - classic: the 2021 notebooks' loop -- float32, NCHW, and a Python loop that crops, resizes and
   augments each cutout with its own kornia calls before one CLIP forward;
-- ours: what the Doorways generator runs -- autocast in the device's reduced precision (bfloat16 on
-  the CPU), channels-last decoder activations, all cutouts cropped and augmented as one batch.
+- ours: what the Doorways generator runs -- the worker's precision (``renderer.device.render_dtype``:
+  on CUDA bfloat16 or float16 autocast; on the CPU bfloat16 autocast only where it measures faster than
+  float32 on that machine, else float32; ``--precision`` forces one), channels-last decoder activations,
+  all cutouts cropped and augmented as one batch (in float32).
 
 Steps are taken alternately (classic, ours, ours' floor, ...) after one warm-up each, so load from
 elsewhere on the machine falls on all alike; each figure is the median of the timed steps, printed
@@ -20,6 +22,7 @@ peak).  Agreement with float32 on a fixed seed: the decoded image, CLIP's embedd
 cutouts and the gradient on the latent (the direction each step moves the picture).
 
     python benchmarks/bench_doorways.py [--sizes 512] [--aspect 2] [--cuts 64] [--steps 3] [--quick] [--device cuda]
+        [--precision auto|float32|bfloat16|float16]
 
 The default canvas is the 1024x512 panorama; on the CPU its float32 classic step needs about 10 GB
 (``--aspect 1`` gives the 512x512 square at about half that).
@@ -41,7 +44,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from renderer.device import autocast_dtype, describe  # noqa: E402
+from renderer.device import cpu_bfloat16_speedup, describe, render_dtype  # noqa: E402
+
+OURS_DTYPE: torch.dtype | None = None  # set in main(): what the worker would render in
 from renderer.vqgan_clip import cutouts as cut  # noqa: E402
 from renderer.vqgan_clip.clip_guidance import OPENAI_MEAN, OPENAI_STD, ClipModel, prompt_loss  # noqa: E402
 from renderer.vqgan_clip.losses import prompt_position_weights  # noqa: E402
@@ -110,7 +115,9 @@ class Variant:
     def __init__(self, vq: VQGAN, clip: ClipModel, size: int, n_cut: int, ours: bool, device: torch.device,
                  amp: torch.dtype | None = None, aspect: float = 2.0):
         self.vq, self.clip, self.n_cut, self.ours, self.device = vq, clip, n_cut, ours, device
-        self.amp = (amp or autocast_dtype(device)) if ours else None
+        self.amp = (amp or render_dtype(device)) if ours else None
+        if self.amp == torch.float32:
+            self.amp = None  # float32: no autocast
         self.g = torch.Generator().manual_seed(0)
         self.width, self.height = int(round(size * aspect)), size  # aspect 2: a panorama, the Doorways shape
         self.z = vq.random_latent(self.height, self.width, self.g).to(device).requires_grad_(True)
@@ -254,9 +261,9 @@ def agreement(vq_fp32: VQGAN, vq_ours: VQGAN, clip: ClipModel, size: int, n_cut:
     weights = torch.tensor([1.0, 1.0], device=device)
     posw = prompt_position_weights(boxes.x_centre, weights.cpu(), "linear").to(device)
     res = {}
-    for name, vq, amp in (("fp32", vq_fp32, None), ("ours", vq_ours, autocast_dtype(device))):
+    for name, vq, amp in (("fp32", vq_fp32, None), ("ours", vq_ours, OURS_DTYPE)):
         z = z0.clone().requires_grad_(True)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp not in (None, torch.float32)):
             image = vq.synth(z)
             emb = clip.encode_image(cut.make_cutouts(image, boxes, clip.size, aug))
             loss = prompt_loss(emb, targets, weights, posw)
@@ -278,8 +285,16 @@ def main() -> None:
     ap.add_argument("--aspect", type=float, default=2.0, help="canvas width / height (2: the Doorways panorama)")
     ap.add_argument("--cuts", default="64", help="cutout counts")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--precision", default="auto", help="ours' precision: auto (as the worker chooses), float32, "
+                                                        "bfloat16 or float16")
     args = ap.parse_args()
     device = torch.device(args.device)
+    global OURS_DTYPE
+    OURS_DTYPE = render_dtype(device, args.precision)
+    ours_precision = ("autocast " + str(OURS_DTYPE).removeprefix("torch.")) if OURS_DTYPE != torch.float32 \
+        else "float32 (no autocast)"
+    if args.precision == "auto" and device.type == "cpu":
+        ours_precision += f" [precision auto: bfloat16 measured {cpu_bfloat16_speedup(torch.get_num_threads()):.2f}x float32 here]"
     torch.manual_seed(0)
     vq, clip, note = build_models(not args.quick)
     vq, clip.model = vq.to(device), clip.model.to(device)
@@ -289,7 +304,7 @@ def main() -> None:
         "peak RSS growth within the warm-up step, sampled every 4 ms"
     tag = "QUICK MODE (reduced width, not the real models)" if args.quick else "real size"
     print(f"models: {note} [{tag}]; device: {describe(device)}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; ours: autocast {autocast_dtype(device)}, channels-last, batched cutouts")
+          f"{torch.get_num_threads()} threads; ours: {ours_precision}, channels-last, batched cutouts")
     print(f"{'canvas':>10} {'cuts':>5} {'classic s/step':>15} {'ours s/step':>12} {'floor s':>8} {'speed-up':>9} "
           f"{'ours/floor':>10} {'MiB classic':>12} {'MiB ours':>9} {'load (min-max)':>16}")
     t0 = time.perf_counter()

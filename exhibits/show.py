@@ -60,6 +60,7 @@ class ShowConfig:
     config_path: Path | None = None  # the kiosk.toml this was read from (staff password changes are seen live)
     # worker
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: measured on the CPU, see renderer.device)
     worker_threads: int = 0  # torch CPU threads; 0: all cores but one, which is left to the display
     queue_depth: int = 1  # playlist jobs kept waiting
     playlist_interval: float = 20.0  # at least this many seconds between playlist pieces (taps/visitors: at once)
@@ -94,6 +95,7 @@ _TYPES = {
     "max_connections_per_address": (int, "a whole number of connections"),
     "export_cache_mb": (int, "a whole number of megabytes"), "blocked_words": (list, "a list of words"),
     "prompt_rate_limit": (str, "a limit like '5 per minute'"), "device": (str, "auto, cpu, cuda or cuda:N"),
+    "precision": (str, "auto, float32, bfloat16 or float16"),
     "queue_depth": (int, "a whole number"), "worker_threads": (int, "a whole number (0: automatic)"), "playlist_interval": ((int, float), "a number of seconds"),
     "keep_playlist_pieces": (int, "a whole number of pieces"), "min_free_mb": (int, "a whole number of megabytes"),
     "dwell_seconds": ((int, float), "a number of seconds"), "attract_seconds": ((int, float), "a number of seconds"),
@@ -167,6 +169,8 @@ def load_show(path: str | Path | None) -> ShowConfig:
         raise ConfigError(path, r.key("play_motion"), _TYPES["play_motion"][1], kw["play_motion"])
     if "device" in kw and not (kw["device"] in ("auto", "cpu", "cuda") or kw["device"].startswith("cuda:")):
         raise ConfigError(path, r.key("device"), "auto, cpu, cuda or cuda:N", kw["device"])
+    if "precision" in kw and kw["precision"] not in ("auto", "float32", "bfloat16", "float16"):
+        raise ConfigError(path, r.key("precision"), _TYPES["precision"][1], kw["precision"])
     return ShowConfig(**kw, config_path=path)
 
 

@@ -103,13 +103,13 @@ class Worker:
         import torch
 
         from renderer import base
-        from renderer.device import autocast_dtype, choose_device, describe
+        from renderer.device import choose_device, describe, render_dtype
 
         # On a small machine torch's threads fight the display for the cores; leave it one.
         threads = self.cfg.worker_threads or max(1, (os.cpu_count() or 2) - 1)
         torch.set_num_threads(threads)
         self.device = choose_device(self.cfg.device)
-        self.dtype = autocast_dtype(self.device)
+        self.dtype = render_dtype(self.device, self.cfg.precision)
         self.device_name = describe(self.device)
         names = list(dict.fromkeys([*self.cfg.exhibits, *(x for x in (self.cfg.tap_exhibit, self.cfg.visitor_exhibit) if x)]))
         self.exhibits = load_exhibits(names, self.cfg.exhibit_dirs, known_generators=set(base.names()))

@@ -127,3 +127,33 @@ def test_cuda_choice_description_and_autocast():
 def test_cuda_index_out_of_range_is_a_clear_error():
     with pytest.raises(DeviceUnavailable, match="CUDA device"):
         choose_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_render_dtype_takes_explicit_precisions_and_names_bad_ones():
+    from renderer.device import render_dtype
+
+    assert render_dtype("cpu", "float32") == torch.float32
+    assert render_dtype("cpu", "bfloat16") == torch.bfloat16
+    with pytest.raises(ValueError, match="precision must be one of auto, float32, bfloat16, float16; got 'half'"):
+        render_dtype("cpu", "half")
+
+
+def test_auto_precision_on_the_cpu_follows_the_measured_speed():
+    # The measurement is real: bfloat16 only where it pays on this machine, float32 elsewhere.
+    from renderer.device import cpu_bfloat16_speedup, render_dtype
+
+    speedup = cpu_bfloat16_speedup(torch.get_num_threads())
+    assert 0.05 < speedup < 20
+    assert render_dtype("cpu") == (torch.bfloat16 if speedup >= 1.15 else torch.float32)
+
+
+def test_show_config_precision_is_checked(tmp_path):
+    from exhibits.show import ConfigError, load_show
+
+    good = tmp_path / "good.toml"
+    good.write_text('[show]\nprecision = "float32"\n')
+    assert load_show(good).precision == "float32"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[show]\nprecision = "fp8"\n')
+    with pytest.raises(ConfigError, match="precision"):
+        load_show(bad)
