@@ -85,3 +85,45 @@ def test_latent_bounds_are_the_codebook_box():
     lo, hi = vq.latent_bounds()
     assert lo.shape == (1, vq.cfg.embed_dim, 1, 1)
     assert torch.equal(lo.flatten(), vq.codebook.min(0).values)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_polyphase_upsampling_is_nearest_then_conv_values_and_gradients(channels_last: bool) -> None:
+    from taming.modules.diffusionmodules.model import Upsample
+
+    from renderer.vqgan_clip.vqgan import PolyphaseUpsample
+
+    torch.manual_seed(3)
+    plain = Upsample(16, with_conv=True)
+    fast = PolyphaseUpsample(plain.conv)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 16, 7, 9).contiguous(memory_format=fmt).requires_grad_(True)
+    y = x.detach().clone().requires_grad_(True)
+    a, b = fast(x), plain(y)
+    assert a.shape == b.shape == (2, 16, 14, 18)
+    assert (a - b).abs().max() < 1e-5 * b.abs().max()
+    g = torch.randn_like(b)
+    (a * g).sum().backward()
+    (b * g).sum().backward()
+    assert (x.grad - y.grad).abs().max() < 1e-5 * y.grad.abs().max()
+    assert plain.conv.weight.grad is not None  # the weight still learns through the derived kernel
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = fast(x.detach())
+    assert low.dtype == torch.bfloat16 and (low.float() - b.detach()).abs().max() < 0.05 * b.abs().max()
+
+
+def test_decoder_with_polyphase_upsampling_decodes_as_taming_does() -> None:
+    import copy
+
+    from renderer.vqgan_clip.vqgan import PolyphaseUpsample, use_nearest_upsampling
+
+    torch.manual_seed(4)
+    vq = VQGAN(tiny_config()).eval()
+    assert any(isinstance(level.upsample, PolyphaseUpsample) for level in vq.decoder.up if hasattr(level, "upsample"))
+    ref = copy.deepcopy(vq)
+    assert use_nearest_upsampling(ref.decoder) > 0
+    assert set(vq.state_dict()) == set(ref.state_dict())  # same names: checkpoints load either way
+    z = vq.random_latent(32, 48, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, b = vq.synth(z), ref.synth(z)
+    assert (a - b).abs().max() < 1e-5

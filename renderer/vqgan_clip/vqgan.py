@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from renderer.base import CheckpointError
@@ -152,6 +153,64 @@ def vector_quantize(x: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     return x + (q - x).detach()
 
 
+# The 2x nearest upsampling + 3x3 convolution of taming's decoder as one stride-2 transposed convolution with a
+# 4x4 kernel.  An output pixel of phase (a, b) sees, through the duplicated pixels, only 2x2 input pixels, with
+# the 3x3 taps that land on the same input pixel summed: along one axis taps (w0, w1, w2) act on input offsets
+# (-1, 0, 0) for even outputs and (0, 0, +1) for odd ones.  A transposed convolution (stride 2, padding 1) gives
+# output 2m + a the input i through kernel position k = 2 * (m - i) + a + 1, so the 4 positions hold
+# (w2, w1 + w2, w0 + w1, w0); _POLYPHASE maps the 3 taps onto them.
+_POLYPHASE = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+
+
+class PolyphaseUpsample(nn.Module):
+    """taming's ``Upsample`` (nearest 2x, then a 3x3 convolution) without making the upsampled copy.
+
+    The same function to float rounding, with 16 multiply-adds per input pixel and channel pair instead of
+    the 36 the 3x3 convolution spends on the four duplicated pixels (2.25x fewer), and no intermediate
+    tensor four times the input's size.  It keeps the original ``conv`` (so checkpoints load by the same
+    names); the 4x4 kernel is derived from its weight at each call (a few MB of arithmetic).
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        if conv.kernel_size != (3, 3) or conv.stride != (1, 1) or conv.padding != (1, 1) or conv.groups != 1:
+            raise ValueError(f"PolyphaseUpsample needs a 3x3, stride 1, padding 1 convolution, got {conv}")
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.conv.weight
+        with torch.autocast(x.device.type, enabled=False):  # the tap sums in the weight's own precision
+            m = _POLYPHASE.to(w.device, w.dtype)
+            kernel = torch.einsum("ya,oiab,xb->ioyx", m, w, m)  # (in, out, 4, 4), conv_transpose2d's layout
+        return F.conv_transpose2d(x, kernel, self.conv.bias, stride=2, padding=1)  # (autocast casts as for conv)
+
+
+def use_polyphase_upsampling(decoder: nn.Module) -> int:
+    """Swap each ``Upsample`` with a convolution in a taming decoder for :class:`PolyphaseUpsample`."""
+    swapped = 0
+    for level in getattr(decoder, "up", []):
+        up = getattr(level, "upsample", None)
+        if up is not None and getattr(up, "with_conv", False) and not isinstance(up, PolyphaseUpsample):
+            level.upsample = PolyphaseUpsample(up.conv)
+            swapped += 1
+    return swapped
+
+
+def use_nearest_upsampling(decoder: nn.Module) -> int:
+    """Undo :func:`use_polyphase_upsampling`: taming's own ``Upsample`` (the reference and the classic loop)."""
+    from taming.modules.diffusionmodules.model import Upsample
+
+    swapped = 0
+    for level in getattr(decoder, "up", []):
+        up = getattr(level, "upsample", None)
+        if isinstance(up, PolyphaseUpsample):
+            plain = Upsample(up.conv.in_channels, with_conv=False)
+            plain.with_conv, plain.conv = True, up.conv
+            level.upsample = plain
+            swapped += 1
+    return swapped
+
+
 class VQGAN(nn.Module):
     """Encoder, quant_conv, quantize, post_quant_conv, decoder: the official VQModel/GumbelVQ layout."""
 
@@ -165,6 +224,7 @@ class VQGAN(nn.Module):
         with contextlib.redirect_stdout(io.StringIO()):  # taming prints the z shape
             self.encoder = Encoder(**dd)
             self.decoder = Decoder(**dd)
+        use_polyphase_upsampling(self.decoder)
         z_ch = dd["z_channels"]
         if cfg.gumbel:
             self.quantize = GumbelQuantize(z_ch, cfg.embed_dim, n_embed=cfg.n_embed, kl_weight=1e-8, temp_init=1.0)
