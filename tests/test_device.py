@@ -155,5 +155,5 @@ def test_show_config_precision_is_checked(tmp_path):
     assert load_show(good).precision == "float32"
     bad = tmp_path / "bad.toml"
     bad.write_text('[show]\nprecision = "fp8"\n')
-    with pytest.raises(ConfigError, match="precision"):
+    with pytest.raises(ConfigError, match=r"bad\.toml.*show\.precision.*auto, float32, bfloat16 or float16.*'fp8'"):
         load_show(bad)
