@@ -384,3 +384,14 @@ def test_doorways_compile_without_a_compiler_still_renders(tmp_path, caplog):
         gen.render(request(seed=8), tiny_ctx(tmp_path / "c"))
     assert np.array_equal(np.asarray(first.image), np.asarray(plain.image))
     assert sum("failed, running it eagerly" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_stylegan2_synthesis_traces_as_one_graph_for_torch_compile() -> None:
+    # compile = "default" etc. wrap the whole synthesis: it must trace without graph breaks (none expected).
+    from tests.stylegan_helpers import tiny_sg2, ws_for
+
+    net = tiny_sg2(res=32).eval().requires_grad_(False)
+    with torch.no_grad():
+        explained = torch._dynamo.explain(net)(ws_for(net, n=1))
+    assert explained.graph_break_count == 0, [str(r.reason) for r in explained.break_reasons]
+    assert explained.graph_count == 1

@@ -190,7 +190,7 @@ def frozen(owner: object, key: str, tensor: torch.Tensor, fn: Callable[[torch.Te
     A weight written in place, moved or cast is seen by its version counter, address, dtype and device.
     """
     if (tensor.requires_grad and torch.is_grad_enabled()) or torch.compiler.is_compiling():
-        return fn(tensor)  # (under torch.compile: part of the graph, which a cache lookup would break up)
+        return fn(tensor)  # (under torch.compile: computed in the graph, not guarded on the cache's state)
     stamp = (tensor._version, tensor.data_ptr(), tensor.dtype, tensor.device)
     cache = owner.__dict__.setdefault("_frozen_cache", {})
     hit = cache.get(key)
