@@ -110,7 +110,8 @@ class Worker:
         torch.set_num_threads(threads)
         self.device = choose_device(self.cfg.device)
         self.dtype = render_dtype(self.device, self.cfg.precision)
-        self.device_name = describe(self.device)
+        # e.g. "cpu (1 threads), float32": on the staff page, in the logs and in every piece's metadata
+        self.device_name = f"{describe(self.device)}, {str(self.dtype).removeprefix('torch.')}"
         names = list(dict.fromkeys([*self.cfg.exhibits, *(x for x in (self.cfg.tap_exhibit, self.cfg.visitor_exhibit) if x)]))
         self.exhibits = load_exhibits(names, self.cfg.exhibit_dirs, known_generators=set(base.names()))
         for name in self.exhibits:

@@ -1,4 +1,5 @@
 """The worker as a real process: SIGKILL mid-job loses nothing, SIGTERM hands the job back."""
+import json
 import os
 import signal
 import subprocess
@@ -108,5 +109,34 @@ def test_long_piece_is_preempted_by_a_tap(tmp_path, stepwise_dir):
         assert store.get_job(tap.id).status == "done" and store.get_job(long_job.id).status == "done"
         first_done = min((store.get_job(tap.id), store.get_job(long_job.id)), key=lambda j: j.finished_at)
         assert first_done.id == tap.id and stats.done == 2
+    finally:
+        del os.environ["KIOSK_GENERATORS"]
+
+
+def test_worker_renders_in_the_configured_precision_and_says_so(tmp_path, stepwise_dir):
+    import torch
+
+    from renderer.worker import Worker
+
+    os.environ["KIOSK_GENERATORS"] = "tests.plugins.stepwise"
+    try:
+        for precision, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+            cfg = ShowConfig(data_dir=tmp_path / precision, exhibits=("quick",), exhibit_dirs=(stepwise_dir,),
+                             device="cpu", precision=precision)
+            store = Store(cfg.data_dir)
+            worker = Worker(cfg, store, lease=5, poll=0.01, top_up=False)
+            worker.setup()
+            assert worker.dtype == dtype and worker._ctx(store.submit("quick", source="tap")).dtype == dtype
+            job = store.submit("quick", source="tap")
+            worker.run(max_jobs=2)
+            piece = store.get_piece(store.get_job(job.id).piece_id)
+            from PIL import Image
+
+            from exhibits.files import PNG_META_KEY
+
+            with Image.open(store.path(piece.image_path)) as im:  # the PNG a visitor downloads says how it was made
+                meta = json.loads(im.text[PNG_META_KEY])
+            assert meta["device"].endswith(", " + precision), meta["device"]
+            store.close()
     finally:
         del os.environ["KIOSK_GENERATORS"]
