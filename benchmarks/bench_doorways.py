@@ -12,7 +12,8 @@ Variants, each with its own latent, Adam and random stream, on the same canvas a
   on CUDA bfloat16 or float16 autocast; on the CPU bfloat16 autocast only where it measures faster than
   float32 on that machine, else float32; ``--precision`` forces one), channels-last decoder activations,
   the decoder's upsampling as one transposed convolution (``PolyphaseUpsample``: 2.25x fewer multiply-adds
-  than nearest 2x + 3x3), all cutouts cropped and augmented as one batch (in float32).
+  than nearest 2x + 3x3) and its swish as the fused ``F.silu``, all cutouts cropped and augmented as one
+  batch (in float32).
 
 Steps are taken alternately (classic, ours, ours' floor, ...) after one warm-up each, so load from
 elsewhere on the machine falls on all alike; each figure is the median of the timed steps, printed
@@ -51,7 +52,7 @@ OURS_DTYPE: torch.dtype | None = None  # set in main(): what the worker would re
 from renderer.vqgan_clip import cutouts as cut  # noqa: E402
 from renderer.vqgan_clip.clip_guidance import OPENAI_MEAN, OPENAI_STD, ClipModel, prompt_loss  # noqa: E402
 from renderer.vqgan_clip.losses import prompt_position_weights  # noqa: E402
-from renderer.vqgan_clip.vqgan import use_nearest_upsampling, VQGAN, VQGANConfig  # noqa: E402
+from renderer.vqgan_clip.vqgan import use_taming_layers, VQGAN, VQGANConfig  # noqa: E402
 
 F16_DDCONFIG = dict(double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3, ch=128,
                     ch_mult=[1, 1, 2, 2, 4], num_res_blocks=2, attn_resolutions=[16], dropout=0.0)
@@ -300,7 +301,7 @@ def main() -> None:
     vq, clip, note = build_models(not args.quick)
     vq, clip.model = vq.to(device), clip.model.to(device)
     vq_ours = copy.deepcopy(vq).to(memory_format=torch.channels_last)
-    use_nearest_upsampling(vq.decoder)  # the classic loop (and the float32 reference): taming's own decoder
+    use_taming_layers(vq.decoder)  # the classic loop (and the float32 reference): taming's own decoder
     mem = PeakMemory(device)
     mem_note = "CUDA peak allocated above the step's start" if device.type == "cuda" else \
         "peak RSS growth within the warm-up step, sampled every 4 ms"

@@ -115,15 +115,28 @@ def test_polyphase_upsampling_is_nearest_then_conv_values_and_gradients(channels
 def test_decoder_with_polyphase_upsampling_decodes_as_taming_does() -> None:
     import copy
 
-    from renderer.vqgan_clip.vqgan import PolyphaseUpsample, use_nearest_upsampling
+    from taming.modules.diffusionmodules.model import Decoder, ResnetBlock
+
+    from renderer.vqgan_clip.vqgan import PolyphaseUpsample, use_taming_layers
 
     torch.manual_seed(4)
     vq = VQGAN(tiny_config()).eval()
     assert any(isinstance(level.upsample, PolyphaseUpsample) for level in vq.decoder.up if hasattr(level, "upsample"))
+    assert not any(type(m) in (ResnetBlock, Decoder) for m in vq.decoder.modules())  # fused swish everywhere
     ref = copy.deepcopy(vq)
-    assert use_nearest_upsampling(ref.decoder) > 0
+    assert use_taming_layers(ref.decoder) > 0
+    assert type(ref.decoder) is Decoder and any(type(m) is ResnetBlock for m in ref.decoder.modules())
     assert set(vq.state_dict()) == set(ref.state_dict())  # same names: checkpoints load either way
-    z = vq.random_latent(32, 48, torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        a, b = vq.synth(z), ref.synth(z)
+    z = vq.random_latent(32, 48, torch.Generator().manual_seed(1)).requires_grad_(True)
+    z_ref = z.detach().clone().requires_grad_(True)
+    a, b = vq.synth(z), ref.synth(z_ref)
     assert (a - b).abs().max() < 1e-5
+    w = torch.rand_like(a)
+    (a * w).sum().backward()
+    (b * w).sum().backward()
+    assert (z.grad - z_ref.grad).abs().max() < 1e-5 * z_ref.grad.abs().max() + 1e-7
+    vq.grad_checkpoint = True  # the checkpointed decode is the same function
+    z.grad = None
+    c = vq.synth(z)
+    (c * w).sum().backward()
+    assert torch.allclose(c, a, atol=1e-6) and (z.grad - z_ref.grad).abs().max() < 1e-5 * z_ref.grad.abs().max() + 1e-7
