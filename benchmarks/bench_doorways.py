@@ -12,8 +12,8 @@ Variants, each with its own latent, Adam and random stream, on the same canvas a
   on CUDA bfloat16 or float16 autocast; on the CPU bfloat16 autocast only where it measures faster than
   float32 on that machine, else float32; ``--precision`` forces one), channels-last decoder activations,
   the decoder's upsampling as one transposed convolution (``PolyphaseUpsample``: 2.25x fewer multiply-adds
-  than nearest 2x + 3x3) and its swish as the fused ``F.silu``, all cutouts cropped and augmented as one
-  batch (in float32).
+  than nearest 2x + 3x3) and its swish as the fused ``F.silu``, CLIP's attention with one q/k/v split
+  (``SelfAttention``), all cutouts cropped and augmented as one batch (in float32).
 
 Steps are taken alternately (classic, ours, ours' floor, ...) after one warm-up each, so load from
 elsewhere on the machine falls on all alike; each figure is the median of the timed steps, printed
@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import ctypes
 import os
 import resource
@@ -50,7 +51,8 @@ from renderer.device import cpu_bfloat16_speedup, describe, render_dtype  # noqa
 
 OURS_DTYPE: torch.dtype | None = None  # set in main(): what the worker would render in
 from renderer.vqgan_clip import cutouts as cut  # noqa: E402
-from renderer.vqgan_clip.clip_guidance import OPENAI_MEAN, OPENAI_STD, ClipModel, prompt_loss  # noqa: E402
+from renderer.vqgan_clip.clip_guidance import (OPENAI_MEAN, OPENAI_STD, ClipModel, prompt_loss,  # noqa: E402
+                                                use_self_attention)
 from renderer.vqgan_clip.losses import prompt_position_weights  # noqa: E402
 from renderer.vqgan_clip.vqgan import use_taming_layers, VQGAN, VQGANConfig  # noqa: E402
 
@@ -223,11 +225,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(vq_classic: VQGAN, vq_ours: VQGAN, clip: ClipModel, size: int, n_cut: int, steps: int,
+def measure(vq_classic: VQGAN, vq_ours: VQGAN, clip: ClipModel, clip_ours: ClipModel, size: int, n_cut: int, steps: int,
             device: torch.device, mem: PeakMemory, aspect: float = 2.0) -> dict[str, dict[str, float]]:
     """One warm-up each (memory measured there), then ``steps`` rounds of classic, ours, ours' floor."""
     classic = Variant(vq_classic, clip, size, n_cut, False, device, aspect=aspect)
-    ours = Variant(vq_ours, clip, size, n_cut, True, device, aspect=aspect)
+    ours = Variant(vq_ours, clip_ours, size, n_cut, True, device, aspect=aspect)
     runs = {"classic": classic.step, "ours": ours.step, "floor": ours.floor}
     times: dict[str, list[float]] = {k: [] for k in runs}
     loads: list[float] = []
@@ -251,7 +253,7 @@ def measure(vq_classic: VQGAN, vq_ours: VQGAN, clip: ClipModel, size: int, n_cut
     return out
 
 
-def agreement(vq_fp32: VQGAN, vq_ours: VQGAN, clip: ClipModel, size: int, n_cut: int,
+def agreement(vq_fp32: VQGAN, vq_ours: VQGAN, clip: ClipModel, clip_ours: ClipModel, size: int, n_cut: int,
               device: torch.device, aspect: float = 2.0) -> dict[str, float]:
     """Ours (reduced precision, channels-last) against float32 NCHW on one fixed seed."""
     g = torch.Generator().manual_seed(1234)
@@ -263,11 +265,11 @@ def agreement(vq_fp32: VQGAN, vq_ours: VQGAN, clip: ClipModel, size: int, n_cut:
     weights = torch.tensor([1.0, 1.0], device=device)
     posw = prompt_position_weights(boxes.x_centre, weights.cpu(), "linear").to(device)
     res = {}
-    for name, vq, amp in (("fp32", vq_fp32, None), ("ours", vq_ours, OURS_DTYPE)):
+    for name, vq, model, amp in (("fp32", vq_fp32, clip, None), ("ours", vq_ours, clip_ours, OURS_DTYPE)):
         z = z0.clone().requires_grad_(True)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp not in (None, torch.float32)):
             image = vq.synth(z)
-            emb = clip.encode_image(cut.make_cutouts(image, boxes, clip.size, aug))
+            emb = model.encode_image(cut.make_cutouts(image, boxes, clip.size, aug))
             loss = prompt_loss(emb, targets, weights, posw)
         loss.backward()
         res[name] = (image.detach().float(), emb.detach().float(), float(loss.detach()), z.grad.detach().flatten().float())
@@ -302,6 +304,8 @@ def main() -> None:
     vq, clip.model = vq.to(device), clip.model.to(device)
     vq_ours = copy.deepcopy(vq).to(memory_format=torch.channels_last)
     use_taming_layers(vq.decoder)  # the classic loop (and the float32 reference): taming's own decoder
+    clip_ours = dataclasses.replace(clip, model=copy.deepcopy(clip.model))  # ours: as load_clip builds it
+    use_self_attention(clip_ours.model.visual)
     mem = PeakMemory(device)
     mem_note = "CUDA peak allocated above the step's start" if device.type == "cuda" else \
         "peak RSS growth within the warm-up step, sampled every 4 ms"
@@ -313,13 +317,13 @@ def main() -> None:
     t0 = time.perf_counter()
     for size in (int(x) for x in args.sizes.split(",")):
         for n_cut in (int(x) for x in args.cuts.split(",")):
-            r = measure(vq, vq_ours, clip, size, n_cut, args.steps, device, mem, args.aspect)
+            r = measure(vq, vq_ours, clip, clip_ours, size, n_cut, args.steps, device, mem, args.aspect)
             c, o, f, ld = r["classic"], r["ours"], r["floor"], r["load"]
             print(f"{int(round(size * args.aspect)):>5}x{size:<4} {n_cut:>5} {c['median']:>15.2f} {o['median']:>12.2f} {f['median']:>8.2f} "
                   f"{c['median'] / o['median']:>8.2f}x {o['median'] / f['median']:>10.2f} {c['mem_mib']:>12.0f} "
                   f"{o['mem_mib']:>9.0f} {ld['median']:>6.2f} ({ld['min']:.1f}-{ld['max']:.1f})"
                   + ("  [quick]" if args.quick else ""), flush=True)
-            a = agreement(vq, vq_ours, clip, size, n_cut, device, args.aspect)
+            a = agreement(vq, vq_ours, clip, clip_ours, size, n_cut, device, args.aspect)
             print(f"{'':>16} agreement with float32 on seed 1234: image max |d| {a['image_max']:.4f}, "
                   f"mean |d| {a['image_mean']:.5f} (pixels in 0..1); CLIP embedding cosine >= {a['emb_cos_min']:.4f}; "
                   f"loss rel. diff {a['loss_rel']:.2e}; latent-gradient cosine {a['grad_cos']:.4f}", flush=True)

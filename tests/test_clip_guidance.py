@@ -57,3 +57,35 @@ def test_tokenizer_follows_the_architecture_not_the_arch_tag_string(tmp_path):
     assert clip.tokenizer(["a gate"]).shape == (1, 64)
     emb = clip.encode_text(["a gate", "a door"], torch.device("cpu"))
     assert emb.shape == (2, 32) and torch.isfinite(emb).all()
+
+
+def test_self_attention_is_torchs_multihead_attention_values_and_gradients() -> None:
+    import copy
+
+    from renderer.vqgan_clip.clip_guidance import SelfAttention, use_self_attention
+
+    torch.manual_seed(2)
+    ref = torch.nn.MultiheadAttention(32, 4, batch_first=True)
+    with torch.no_grad():
+        ref.in_proj_bias.normal_()
+        ref.out_proj.bias.normal_()
+    fast = copy.deepcopy(ref)
+    assert use_self_attention(fast) == 1 and type(fast) is SelfAttention
+    assert set(fast.state_dict()) == set(ref.state_dict())
+    x = torch.randn(5, 7, 32, requires_grad=True)
+    y = x.detach().clone().requires_grad_(True)
+    a = fast(x, x, x, need_weights=False)[0]
+    b = ref(y, y, y, need_weights=False)[0]
+    assert (a - b).abs().max() < 1e-5
+    g = torch.randn_like(a)
+    (a * g).sum().backward()
+    (b * g).sum().backward()
+    assert (x.grad - y.grad).abs().max() < 1e-5
+    assert (fast.in_proj_weight.grad - ref.in_proj_weight.grad).abs().max() < 1e-4
+    # a mask, or weights wanted: torch's own path, the same answers
+    mask = torch.triu(torch.full((7, 7), float("-inf")), 1)
+    with torch.no_grad():
+        assert torch.allclose(fast(x, x, x, attn_mask=mask, need_weights=False)[0],
+                              ref(x, x, x, attn_mask=mask, need_weights=False)[0], atol=1e-6)
+        wa, wb = fast(x, x, x)[1], ref(x, x, x)[1]
+    assert wa is not None and torch.allclose(wa, wb)
