@@ -13,6 +13,9 @@ from typing import Any
 
 from exhibits.config import ConfigError, _Reader
 
+# the worker's render precision (renderer.device.render_dtype): auto measures bfloat16 against float32 on the CPU
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
 
 def default_data_dir() -> Path:
     base = os.environ.get("KIOSK_DATA") or os.environ.get("XDG_DATA_HOME") and Path(os.environ["XDG_DATA_HOME"]) / "kiosk"
@@ -95,7 +98,7 @@ _TYPES = {
     "max_connections_per_address": (int, "a whole number of connections"),
     "export_cache_mb": (int, "a whole number of megabytes"), "blocked_words": (list, "a list of words"),
     "prompt_rate_limit": (str, "a limit like '5 per minute'"), "device": (str, "auto, cpu, cuda or cuda:N"),
-    "precision": (str, "auto, float32, bfloat16 or float16"),
+    "precision": (str, ", ".join(PRECISIONS[:-1]) + " or " + PRECISIONS[-1]),
     "queue_depth": (int, "a whole number"), "worker_threads": (int, "a whole number (0: automatic)"), "playlist_interval": ((int, float), "a number of seconds"),
     "keep_playlist_pieces": (int, "a whole number of pieces"), "min_free_mb": (int, "a whole number of megabytes"),
     "dwell_seconds": ((int, float), "a number of seconds"), "attract_seconds": ((int, float), "a number of seconds"),
@@ -169,7 +172,7 @@ def load_show(path: str | Path | None) -> ShowConfig:
         raise ConfigError(path, r.key("play_motion"), _TYPES["play_motion"][1], kw["play_motion"])
     if "device" in kw and not (kw["device"] in ("auto", "cpu", "cuda") or kw["device"].startswith("cuda:")):
         raise ConfigError(path, r.key("device"), "auto, cpu, cuda or cuda:N", kw["device"])
-    if "precision" in kw and kw["precision"] not in ("auto", "float32", "bfloat16", "float16"):
+    if "precision" in kw and kw["precision"] not in PRECISIONS:
         raise ConfigError(path, r.key("precision"), _TYPES["precision"][1], kw["precision"])
     return ShowConfig(**kw, config_path=path)
 

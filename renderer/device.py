@@ -15,6 +15,8 @@ from typing import ContextManager
 
 import torch
 
+from exhibits.show import PRECISIONS
+
 log = logging.getLogger(__name__)
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
@@ -68,7 +70,6 @@ def autocast_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 _PRECISION_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 

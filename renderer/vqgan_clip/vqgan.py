@@ -12,6 +12,7 @@ imported, and any other global is refused with an error naming the file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import pickle
@@ -196,13 +197,16 @@ def use_polyphase_upsampling(decoder: nn.Module) -> int:
     return swapped
 
 
-def _silu_resnet_block_class() -> type:
-    from taming.modules.diffusionmodules.model import ResnetBlock
+@functools.lru_cache(maxsize=None)
+def _fused_swish_classes() -> dict[type, type]:
+    """taming's classes -> ours with the swish, ``x * sigmoid(x)``, as ``F.silu`` (built at first use: taming is
+    imported only with a model)."""
+    from taming.modules.diffusionmodules.model import Decoder, ResnetBlock
 
     class SiluResnetBlock(ResnetBlock):
-        """taming's ``ResnetBlock`` with its swish, ``x * sigmoid(x)``, as ``F.silu``: the same function in one
-        pass forward and one fused pass backward, where the two-op form makes a sigmoid tensor and a product
-        and, backward, several more passes (a fifth of a Doorways floor step on the CPU, by the profile)."""
+        """taming's ``ResnetBlock`` with ``F.silu``: the same function in one pass forward and one fused pass
+        backward, where the two-op form makes a sigmoid tensor and a product and, backward, several more
+        passes (about a fifth of a Doorways floor step on the CPU, by the profile)."""
 
         def forward(self, x: torch.Tensor, temb: torch.Tensor | None) -> torch.Tensor:
             h = self.conv1(F.silu(self.norm1(x)))
@@ -213,61 +217,33 @@ def _silu_resnet_block_class() -> type:
                 x = self.conv_shortcut(x) if self.use_conv_shortcut else self.nin_shortcut(x)
             return x + h
 
-    return SiluResnetBlock
-
-
-def _silu_decoder_class() -> type:
-    from taming.modules.diffusionmodules.model import Decoder
-
     class SiluDecoder(Decoder):
         """taming's ``Decoder`` whose last swish is ``F.silu`` (its blocks are swapped separately)."""
 
         def forward(self, z: torch.Tensor) -> torch.Tensor:
             return _decode(self, z, checkpointed=False)
 
-    return SiluDecoder
+    return {ResnetBlock: SiluResnetBlock, Decoder: SiluDecoder}
 
 
-_SILU_BLOCK: type | None = None
-_SILU_DECODER: type | None = None
+def _swap_classes(module: nn.Module, table: Mapping[type, type]) -> int:
+    """Give every submodule whose exact class is a key of ``table`` the class it maps to (same parameters)."""
+    swapped = 0
+    for m in module.modules():
+        if type(m) in table:
+            m.__class__ = table[type(m)]
+            swapped += 1
+    return swapped
 
 
 def use_fused_swish(module: nn.Module) -> int:
-    """Make every taming ``ResnetBlock`` under ``module`` compute its swish with ``F.silu`` (see above)."""
-    global _SILU_BLOCK, _SILU_DECODER
-    from taming.modules.diffusionmodules.model import Decoder, ResnetBlock
-
-    if _SILU_BLOCK is None:
-        _SILU_BLOCK, _SILU_DECODER = _silu_resnet_block_class(), _silu_decoder_class()
-    swapped = 0
-    for block in module.modules():
-        if type(block) is ResnetBlock:
-            block.__class__ = _SILU_BLOCK
-            swapped += 1
-        elif type(block) is Decoder:
-            block.__class__ = _SILU_DECODER
-            swapped += 1
-    return swapped
+    """Make every taming ``ResnetBlock`` (and ``Decoder``) under ``module`` compute its swish with ``F.silu``."""
+    return _swap_classes(module, _fused_swish_classes())
 
 
 def use_taming_layers(decoder: nn.Module) -> int:
     """Undo :func:`use_polyphase_upsampling` and :func:`use_fused_swish`: taming's own layers, as the classic
     notebooks ran them (the benchmarks' baseline and the tests' reference)."""
-    from taming.modules.diffusionmodules.model import Decoder, ResnetBlock
-
-    swapped = use_nearest_upsampling(decoder)
-    for block in decoder.modules():
-        if _SILU_BLOCK is not None and type(block) is _SILU_BLOCK:
-            block.__class__ = ResnetBlock
-            swapped += 1
-        elif _SILU_DECODER is not None and type(block) is _SILU_DECODER:
-            block.__class__ = Decoder
-            swapped += 1
-    return swapped
-
-
-def use_nearest_upsampling(decoder: nn.Module) -> int:
-    """Undo :func:`use_polyphase_upsampling`: taming's own ``Upsample`` (the reference and the classic loop)."""
     from taming.modules.diffusionmodules.model import Upsample
 
     swapped = 0
@@ -278,7 +254,7 @@ def use_nearest_upsampling(decoder: nn.Module) -> int:
             plain.with_conv, plain.conv = True, up.conv
             level.upsample = plain
             swapped += 1
-    return swapped
+    return swapped + _swap_classes(decoder, {ours: theirs for theirs, ours in _fused_swish_classes().items()})
 
 
 class VQGAN(nn.Module):
@@ -336,7 +312,7 @@ class VQGAN(nn.Module):
         """Quantised latent -> image in about [-1, 1]."""
         h = self.post_quant_conv(z_q)
         if self.grad_checkpoint and torch.is_grad_enabled():
-            return _decode_checkpointed(self.decoder, h)
+            return _decode(self.decoder, h, checkpointed=True)
         return self.decoder(h)
 
     def synth(self, z: torch.Tensor) -> torch.Tensor:
@@ -351,14 +327,9 @@ class VQGAN(nn.Module):
         return cb[idx.to(cb.device)].reshape(1, h, w, -1).movedim(3, 1).contiguous()
 
 
-def _decode_checkpointed(dec: nn.Module, z: torch.Tensor) -> torch.Tensor:
-    """taming ``Decoder.forward`` with each block recomputed in backward (for big canvases)."""
-    return _decode(dec, z, checkpointed=True)
-
-
 def _decode(dec: nn.Module, z: torch.Tensor, checkpointed: bool) -> torch.Tensor:
     """taming ``Decoder.forward`` (no timestep embedding), its last swish as ``F.silu``; ``checkpointed``: each
-    block recomputed in backward."""
+    block recomputed in backward (for big canvases)."""
     from torch.utils.checkpoint import checkpoint
 
     def ck(fn: Any, *args: Any) -> torch.Tensor:
