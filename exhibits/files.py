@@ -19,8 +19,9 @@ PNG_META_KEY = "kiosk:meta"
 def atomic_path(dest: str | os.PathLike, suffix: str | None = None, *, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on success it is fsynced and renamed onto ``dest``.
 
-    ``durable=False`` skips the fsync: readers still see the old file or the whole new one, but a power cut may
-    lose the new one (right for throwaway files such as live progress frames, where an fsync is the slowest step).
+    ``durable=False`` skips the fsync: running readers still see the old file or the whole new one, but after
+    a power cut ``dest`` may be empty or truncated.  Only for throwaway files whose readers skip a broken one
+    (live progress frames, where the fsync is the slowest step of publishing).
 
     On any exception the temporary file is removed and ``dest`` is untouched.
     """

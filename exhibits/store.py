@@ -620,7 +620,7 @@ class Store:
     def publish_frame(self, job_id: int, worker: str, jpeg: bytes, *, step: int, total: int, lease: float = 30.0) -> bool:
         """Newest progress frame wins: one file per job, replaced atomically, and a heartbeat."""
         path = self.progress_dir / f"job-{job_id}.jpg"
-        atomic_write_bytes(path, jpeg, durable=False)  # a live frame: whole or absent, never worth an fsync
+        atomic_write_bytes(path, jpeg, durable=False)  # a live frame is not worth an fsync (see atomic_path)
         with self._tx() as c:
             cur = c.execute(
                 "UPDATE jobs SET frame_path=?, frame_at=?, step=?, total=?, lease_until=?"

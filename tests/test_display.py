@@ -1,6 +1,8 @@
 """The kiosk display against a real store, with a real (dummy-driver) pygame window."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.display_helpers import (WORKER, FakeClock, add_piece, center_color, finish_job, jpeg, near,  # noqa: F401
@@ -87,6 +89,32 @@ def test_making_shows_the_newest_progress_frame_and_bar(store, opened):
     bar_y = h - m - max(6, h // 60) // 2 - 1
     assert near(d.screen.get_at((m + 20, bar_y)), ACCENT)  # the first half of the bar is filled
     assert not near(d.screen.get_at((w - 2 * m - round(w * 0.12) - 10, bar_y)), ACCENT)
+
+
+def test_an_empty_or_cut_progress_frame_is_skipped(store, opened):
+    # Live frames are written without an fsync: after a power cut one may be empty or cut short.
+    add_piece(store, solid(RED))
+    clk = FakeClock()
+    d = opened(store, clk)
+    assert pump(d, lambda: d.card is not None, clock=clk)
+    d.tap(clk())
+    assert pump(d, lambda: d.tap_job is not None, clock=clk)
+    job = store.claim(WORKER)
+    good = jpeg(solid(BLUE, (96, 96)))
+    store.publish_frame(job.id, WORKER, good, step=10, total=100)
+    assert pump(d, lambda: d.frame is not None and d.frame[0].step == 10, clock=clk)
+    store.publish_frame(job.id, WORKER, b"", step=20, total=100)
+    store.publish_frame(job.id, WORKER, good[: len(good) // 3], step=30, total=100)
+    seen = d.loader.errors
+    end = time.monotonic() + 1.5  # real time: the loader polls every 0.25 s on its own thread
+    while time.monotonic() < end:
+        clk.advance(0.05)
+        d.tick()
+        time.sleep(0.02)
+    assert d.state == "making" and d.frame[0].step == 10  # the last good frame stays
+    assert d.loader.errors == seen  # skipped as unreadable, not a loader failure
+    store.publish_frame(job.id, WORKER, jpeg(solid(MAGENTA, (96, 96))), step=40, total=100)
+    assert pump(d, lambda: d.frame is not None and d.frame[0].step == 40, clock=clk)
 
 
 def test_worker_notice_follows_heartbeats(store, opened):
