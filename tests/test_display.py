@@ -68,7 +68,8 @@ def test_tap_events_make_exactly_one_job_and_its_piece_shows_when_it_lands(store
     assert len(store.jobs(source="tap")) == 2
 
 
-def test_making_shows_the_newest_progress_frame_and_bar(store, opened):
+def _tapped_and_claimed(store, opened):
+    """A display showing a piece, tapped; the tap's job claimed by a worker with one blue frame shown."""
     add_piece(store, solid(RED))
     clk = FakeClock()
     d = opened(store, clk)
@@ -79,6 +80,11 @@ def test_making_shows_the_newest_progress_frame_and_bar(store, opened):
     assert job is not None
     store.publish_frame(job.id, WORKER, jpeg(solid(BLUE, (96, 96))), step=10, total=100)
     assert pump(d, lambda: d.frame is not None and d.frame[0].step == 10, clock=clk)
+    return d, clk, job
+
+
+def test_making_shows_the_newest_progress_frame_and_bar(store, opened):
+    d, clk, job = _tapped_and_claimed(store, opened)
     store.publish_frame(job.id, WORKER, jpeg(solid(MAGENTA, (96, 96))), step=50, total=100)
     assert pump(d, lambda: d.frame is not None and d.frame[0].step == 50, clock=clk)
     d.tick()
@@ -93,16 +99,8 @@ def test_making_shows_the_newest_progress_frame_and_bar(store, opened):
 
 def test_an_empty_or_cut_progress_frame_is_skipped(store, opened):
     # Live frames are written without an fsync: after a power cut one may be empty or cut short.
-    add_piece(store, solid(RED))
-    clk = FakeClock()
-    d = opened(store, clk)
-    assert pump(d, lambda: d.card is not None, clock=clk)
-    d.tap(clk())
-    assert pump(d, lambda: d.tap_job is not None, clock=clk)
-    job = store.claim(WORKER)
+    d, clk, job = _tapped_and_claimed(store, opened)
     good = jpeg(solid(BLUE, (96, 96)))
-    store.publish_frame(job.id, WORKER, good, step=10, total=100)
-    assert pump(d, lambda: d.frame is not None and d.frame[0].step == 10, clock=clk)
     store.publish_frame(job.id, WORKER, b"", step=20, total=100)
     store.publish_frame(job.id, WORKER, good[: len(good) // 3], step=30, total=100)
     seen = d.loader.errors
