@@ -76,22 +76,27 @@ _PRECISION_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "floa
 @functools.lru_cache(maxsize=None)
 def cpu_bfloat16_speedup(threads: int | None = None) -> float:
     """How much faster bfloat16 autocast runs than float32 on this CPU for what renders are made of: a 3x3
-    convolution on channels-last activations and a dense layer, each forward and backward (> 1: faster).
+    convolution on channels-last activations (128 channels, 64x64) and a CLIP-sized dense layer (768 -> 3072
+    on 256 tokens), each forward and backward (> 1: faster).
 
-    Measured once per process (about half a second).  It is a property of the machine, not of the model:
-    on a 2-core AMD Zen 5 VM bfloat16 ran Doorways steps about 2x faster than float32; on a 2-core Intel
-    Xeon VM (AVX-512 with bfloat16, no AMX) the same convolutions ran 1.4x slower and dense layers 2x
-    slower.  ``threads`` only keys the cache (the measurement uses torch's current thread count).
+    Measured once per process (about 0.7 s): the fastest of 7 interleaved rounds each, since interference
+    from elsewhere on the machine only ever adds time.  The work is large enough that allocation does not
+    blur it: a smaller version of this measurement, under the worker's transparent huge pages, read
+    anywhere from 1.14x to 1.7x in five runs on a CPU where bfloat16 runs StyleGAN2 2.3-2.9x faster, and
+    so flipped the worker's choice between runs.  It is a property of the machine, not of the model: on
+    2-core AMD Zen 4 and Zen 5 VMs bfloat16 ran 1.5-2.3x faster; on a 2-core Intel Xeon VM (AVX-512 with
+    bfloat16, no AMX) the same convolutions ran 1.4x slower and dense layers 2x slower.  ``threads`` only
+    keys the cache (the measurement uses torch's current thread count).
     """
     import time
 
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 64, 64, 64, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_(True)
-    w = torch.randn(64, 64, 3, 3, generator=g, requires_grad=True)
-    a = torch.randn(256, 512, generator=g, requires_grad=True)
-    m = torch.randn(2048, 512, generator=g, requires_grad=True)
+    x = torch.randn(1, 128, 64, 64, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    w = torch.randn(128, 128, 3, 3, generator=g, requires_grad=True)
+    a = torch.randn(256, 768, generator=g, requires_grad=True)
+    m = torch.randn(3072, 768, generator=g, requires_grad=True)
 
     def work(dtype: torch.dtype) -> float:
         start = time.perf_counter()
@@ -104,10 +109,10 @@ def cpu_bfloat16_speedup(threads: int | None = None) -> float:
     times: dict[torch.dtype, list[float]] = {torch.float32: [], torch.bfloat16: []}
     for dtype in times:
         work(dtype)  # first calls: oneDNN picks and builds its kernels
-    for _ in range(5):
+    for _ in range(7):
         for dtype in times:
             times[dtype].append(work(dtype))
-    fp32, bf16 = (sorted(t)[len(t) // 2] for t in times.values())
+    fp32, bf16 = (min(t) for t in times.values())
     return fp32 / bf16
 
 
