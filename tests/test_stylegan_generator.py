@@ -177,3 +177,41 @@ def test_cuda_fp16_matches_float32(tmp_path: Path) -> None:
     ws = torch.randn(net.num_ws, net.w_dim, generator=torch.Generator().manual_seed(3))
     ref = np.asarray(to_pil(net(ws[None])[0]), dtype=int)
     assert np.abs(np.asarray(res.image, dtype=int) - ref).mean() < 3
+
+
+def _bf16_ctx(tmp_path: Path) -> RenderContext:
+    return RenderContext(device=torch.device("cpu"), dtype=torch.bfloat16, weights_dir=tmp_path / "weights",
+                         work_dir=tmp_path / "work")
+
+
+@pytest.mark.parametrize("make,writer", [(tiny_sg2, write_nvlabs_pkl), (tiny_sg1, write_tf_pkl),
+                                         (tiny_sg3, write_nvlabs_pkl)], ids=["sg2", "sg1", "sg3"])
+def test_worker_in_bfloat16_synthesises_in_bfloat16_close_to_float32(make, writer, tmp_path: Path) -> None:
+    # precision "auto" picks bfloat16 on a CPU where it measures faster; the piece then differs from float32
+    # only by bfloat16's rounding, and says so in its metadata
+    path = writer(make(), tmp_path / "net.pkl")
+    settings = {"checkpoint": str(path), "sigma": 1.0}
+    gen16 = base.build("stylegan", settings, _bf16_ctx(tmp_path))
+    gen32 = base.build("stylegan", settings, _ctx(tmp_path))
+    assert gen16.render_dtype == torch.bfloat16 and gen32.render_dtype is None
+    diffs = []
+    for seed in (1, 2, 3):
+        r16, r32 = gen16.render(_req(seed=seed, size=32), _bf16_ctx(tmp_path)), gen32.render(_req(seed=seed, size=32), _ctx(tmp_path))
+        assert r16.meta["precision"] == "bfloat16 autocast" and r32.meta["precision"] == "float32"
+        diffs.append(np.abs(np.asarray(r16.image, dtype=int) - np.asarray(r32.image, dtype=int)))
+    d = np.stack(diffs)
+    assert d.max() > 0, "bfloat16 autocast did not run: the images are bit-identical to float32"
+    assert d.mean() < 2.0 and np.mean(d > 8) < 0.02, (d.mean(), np.mean(d > 8))
+
+
+def test_amp_false_keeps_float32_when_the_worker_renders_in_bfloat16(sg2_ckpt, tmp_path: Path) -> None:
+    _, path = sg2_ckpt
+    gen = base.build("stylegan", {"checkpoint": str(path), "amp": False}, _bf16_ctx(tmp_path))
+    ref = base.build("stylegan", {"checkpoint": str(path)}, _ctx(tmp_path))
+    a, b = gen.render(_req(seed=3), _bf16_ctx(tmp_path)), ref.render(_req(seed=3), _ctx(tmp_path))
+    assert a.meta["precision"] == "float32" and np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    # a job cannot switch it: amp is fixed when the generator is built
+    c = gen.render(_req(seed=3, amp=True), _bf16_ctx(tmp_path))
+    assert c.meta["precision"] == "float32" and np.array_equal(np.asarray(c.image), np.asarray(b.image))
+    with pytest.raises(GeneratorUnavailable, match=r"setting amp='yes' is invalid; allowed: true or false"):
+        base.build("stylegan", {"checkpoint": str(path), "amp": "yes"}, _bf16_ctx(tmp_path))
