@@ -13,7 +13,9 @@ Variants, each with its own latent, Adam and random stream, on the same canvas a
   float32 on that machine, else float32; ``--precision`` forces one), channels-last decoder activations,
   the decoder's upsampling as one transposed convolution (``PolyphaseUpsample``: 2.25x fewer multiply-adds
   than nearest 2x + 3x3) and its swish as the fused ``F.silu``, CLIP's attention with one q/k/v split
-  (``SelfAttention``), all cutouts cropped and augmented as one batch (in float32).
+  (``SelfAttention``), all cutouts cropped and augmented as one batch (in float32).  ``--winograd on``
+  (or ``auto``): in float32 the decoder's 3x3 convolutions at 128 px and up run through NNPACK's Winograd
+  kernels on NCHW activations (``renderer.winograd``), as the generator's ``winograd`` setting does.
 
 Steps are taken alternately (classic, ours, ours' floor, ...) after one warm-up each, so load from
 elsewhere on the machine falls on all alike; each figure is the median of the timed steps, printed
@@ -24,7 +26,7 @@ peak).  Agreement with float32 on a fixed seed: the decoded image, CLIP's embedd
 cutouts and the gradient on the latent (the direction each step moves the picture).
 
     python benchmarks/bench_doorways.py [--sizes 512] [--aspect 2] [--cuts 64] [--steps 3] [--quick] [--device cuda]
-        [--precision auto|float32|bfloat16|float16]
+        [--precision auto|float32|bfloat16|float16] [--winograd auto|on|off]
 
 The default canvas is the 1024x512 panorama; on the CPU its float32 classic step needs about 10 GB
 (``--aspect 1`` gives the 512x512 square at about half that).
@@ -47,6 +49,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from renderer import winograd  # noqa: E402
 from renderer.device import cpu_bfloat16_speedup, describe, render_dtype  # noqa: E402
 
 OURS_DTYPE: torch.dtype | None = None  # set in main(): what the worker would render in
@@ -291,6 +294,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--precision", default="auto", help="ours' precision: auto (as the worker chooses), float32, "
                                                         "bfloat16 or float16")
+    ap.add_argument("--winograd", choices=("auto", "on", "off"), default="off",
+                    help="ours' float32 decoder convolutions through NNPACK's Winograd kernels, as the generator's "
+                         "winograd setting (default off, as the generator's)")
     args = ap.parse_args()
     device = torch.device(args.device)
     global OURS_DTYPE
@@ -302,7 +308,15 @@ def main() -> None:
     torch.manual_seed(0)
     vq, clip, note = build_models(not args.quick)
     vq, clip.model = vq.to(device), clip.model.to(device)
-    vq_ours = copy.deepcopy(vq).to(memory_format=torch.channels_last)
+    vq_ours = copy.deepcopy(vq)
+    # as the Doorways generator decides (winograd = "auto"): NNPACK's Winograd convolutions on NCHW activations
+    # where they measured faster than oneDNN here and ours runs in float32; otherwise channels-last
+    setting = {"auto": "auto", "on": True, "off": False}[args.winograd]
+    wino = OURS_DTYPE == torch.float32 and winograd.wanted(setting, device)
+    if wino:
+        winograd.use_winograd(vq_ours.decoder)
+    else:
+        vq_ours.to(memory_format=torch.channels_last)
     use_taming_layers(vq.decoder)  # the classic loop (and the float32 reference): taming's own decoder
     clip_ours = dataclasses.replace(clip, model=copy.deepcopy(clip.model))  # ours: as load_clip builds it
     use_self_attention(clip_ours.model.visual)
@@ -311,7 +325,10 @@ def main() -> None:
         "peak RSS growth within the warm-up step, sampled every 4 ms"
     tag = "QUICK MODE (reduced width, not the real models)" if args.quick else "real size"
     print(f"models: {note} [{tag}]; device: {describe(device)}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; ours: {ours_precision}, channels-last, batched cutouts")
+          f"{torch.get_num_threads()} threads; ours: {ours_precision}, "
+          + (f"NNPACK Winograd 3x3 convolutions (measured {winograd.cpu_speedup(torch.get_num_threads()):.2f}x "
+             "oneDNN here), NCHW" if wino else "channels-last")
+          + ", batched cutouts")
     print(f"{'canvas':>10} {'cuts':>5} {'classic s/step':>15} {'ours s/step':>12} {'floor s':>8} {'speed-up':>9} "
           f"{'ours/floor':>10} {'MiB classic':>12} {'MiB ours':>9} {'load (min-max)':>16}")
     t0 = time.perf_counter()

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from renderer.base import CheckpointError
+from renderer.winograd import use_direct
 
 log = logging.getLogger(__name__)
 
@@ -242,11 +243,11 @@ def use_fused_swish(module: nn.Module) -> int:
 
 
 def use_taming_layers(decoder: nn.Module) -> int:
-    """Undo :func:`use_polyphase_upsampling` and :func:`use_fused_swish`: taming's own layers, as the classic
-    notebooks ran them (the benchmarks' baseline and the tests' reference)."""
+    """Undo :func:`use_polyphase_upsampling`, :func:`use_fused_swish` and :func:`renderer.winograd.use_winograd`:
+    taming's own layers, as the classic notebooks ran them (the benchmarks' baseline and the tests' reference)."""
     from taming.modules.diffusionmodules.model import Upsample
 
-    swapped = 0
+    swapped = use_direct(decoder)
     for level in getattr(decoder, "up", []):
         up = getattr(level, "upsample", None)
         if isinstance(up, PolyphaseUpsample):
