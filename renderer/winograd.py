@@ -19,8 +19,8 @@ one to 1.4e-4 in the image and a latent-gradient cosine of 1.0000.
 
 Measured at real size (a Doorways step, 512x512, 64 cutouts, float32, 2-core Zen 4) it lowered the floor,
 the decoder and CLIP forward and backward, from 12.25 to 10.93 s, but not the step (12.56 against 12.93 s):
-the rest of the step runs slower on NCHW activations.  So the Doorways generator's ``winograd`` setting is
-off by default.
+what eats the floor's gain in the step is not yet found (a second run: floor 13.78 s, step 14.99 s).  So the
+Doorways generator's ``winograd`` setting is off by default.
 
 It runs only where it can: on the CPU, in float32 (not under autocast: NNPACK has no bfloat16), on
 NCHW activations of at least :data:`MIN_PIXELS` (a channels-last tensor would be converted twice, which
@@ -139,10 +139,13 @@ def use_direct(module: nn.Module) -> int:
 
 @functools.lru_cache(maxsize=None)
 def cpu_speedup(threads: int | None = None) -> float:
-    """How much faster NNPACK's Winograd runs a float32 3x3 convolution (128 channels, 128x128, forward) than
-    oneDNN does on channels-last activations, the layout it otherwise runs in (> 1: faster; 0: no NNPACK).
+    """How much faster NNPACK's Winograd runs a float32 3x3 convolution (128 channels, 256x256, forward: the
+    size that dominates a Doorways decoder) than oneDNN does on channels-last activations, the layout it
+    otherwise runs in (> 1: faster; 0: no NNPACK).
 
-    Measured once per process (about 0.3 s): the fastest of 5 interleaved rounds each.  ``threads`` only
+    Measured once per process, only when a setting asks for "auto" (about 0.8 s): the fastest of 3
+    interleaved rounds each.  (At 128x128 the same measurement read 1.13-1.16x on a Zen 4 where the
+    decoder's own sizes run 1.7-2.2x faster: too close to the threshold to decide by.)  ``threads`` only
     keys the cache (the measurement uses torch's current thread count).
     """
     if not available():
@@ -150,7 +153,7 @@ def cpu_speedup(threads: int | None = None) -> float:
     import time
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 128, 128, 128, generator=g)
+    x = torch.randn(1, 128, 256, 256, generator=g)
     xl = x.contiguous(memory_format=torch.channels_last)
     w = torch.randn(128, 128, 3, 3, generator=g) * 0.03
 
@@ -166,7 +169,7 @@ def cpu_speedup(threads: int | None = None) -> float:
         try:
             for fn in fns.values():
                 fn()  # first calls: kernels picked, workspace allocated
-            for _ in range(5):
+            for _ in range(3):
                 for name, fn in fns.items():
                     start = time.perf_counter()
                     fn()

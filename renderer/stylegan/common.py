@@ -16,7 +16,7 @@ def cpu_render_dtype(device: torch.device, dtype: torch.dtype | None, amp: bool 
     the checkpoint was trained with, as NVlabs runs them).
 
     bfloat16 keeps float32's range, so it cannot overflow where float32 would not: only rounding differs
-    (at official size about 47-50 dB PSNR against float32, a mean of 0.1-0.3 of an 8-bit level).
+    (at official size 42-50 dB PSNR against float32, a mean of 0.1-1.2 of an 8-bit level).
     """
     if amp and torch.device(device).type == "cpu" and dtype == torch.bfloat16:
         return torch.bfloat16

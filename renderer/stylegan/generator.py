@@ -17,8 +17,8 @@ Settings (the exhibit's ``[generator]`` table; a job's params may override all b
                  image; if compiling fails a warning is logged once and it runs eagerly
 ``amp``          bool, default true: where the worker renders in bfloat16 on the CPU (``precision``
                  ``"auto"`` on a CPU where bfloat16 measures faster, or ``"bfloat16"``), synthesise under
-                 bfloat16 autocast: about 2x on such a CPU, images within a mean of 0.1-0.3 of an 8-bit
-                 level of float32 (47-50 dB PSNR at official size).  False: always float32 on the CPU.
+                 bfloat16 autocast: 2.3-2.9x on such a CPU, images within a mean of 0.1-1.2 of an 8-bit
+                 level of float32 (42-50 dB PSNR at official size).  False: always float32 on the CPU.
                  On CUDA the checkpoint's own float16 layers decide, as in NVlabs' code.
 ``cuda_graphs``  bool, default false: on CUDA, replay each batch size's synthesis from a captured CUDA
                  graph (static buffers, no per-kernel launch cost); needs ``noise_mode`` ``"const"`` or
