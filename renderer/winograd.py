@@ -14,8 +14,8 @@ convolution with the kernel transposed and flipped, also through NNPACK.  The we
 only when training, goes to torch's own ``convolution_backward``.
 
 What it changes is rounding: the Winograd transforms add float32 rounding of about 1e-4 of a layer's
-output scale (direct convolution: about 1e-6).  A whole Doorways step at real size agrees with the direct
-one to 1.4e-4 in the image and a latent-gradient cosine of 1.0000.
+output scale (direct convolution: about 1e-6).  The real-size decoder's image at 512x512 agrees with the
+direct one to 1.4e-4 (pixels 0..1), and its gradient on the latent to a cosine of 1.0000.
 
 Measured at real size (a Doorways step, 512x512, 64 cutouts, float32, 2-core Zen 4) it lowered the floor,
 the decoder and CLIP forward and backward, from 12.25 to 10.93 s, but not the step (12.56 against 12.93 s):
@@ -24,8 +24,8 @@ Doorways generator's ``winograd`` setting is off by default.
 
 It runs only where it can: on the CPU, in float32 (not under autocast: NNPACK has no bfloat16), on
 NCHW activations of at least :data:`MIN_PIXELS` (a channels-last tensor would be converted twice, which
-costs more than the gain), and only where :func:`cpu_speedup` measured it faster than oneDNN on this
-machine.  Anything else goes to ``nn.Conv2d``'s own forward.  If NNPACK fails at run time it is logged once
+costs more than the gain); with the setting ``"auto"``, only where :func:`cpu_speedup` measured it faster
+than oneDNN on this machine.  Anything else goes to ``nn.Conv2d``'s own forward.  If NNPACK fails at run time it is logged once
 and not used again in this process.
 """
 from __future__ import annotations
@@ -37,6 +37,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from renderer.layer_swap import swap_classes
 
 log = logging.getLogger(__name__)
 
@@ -112,29 +114,19 @@ class WinogradConv2d(nn.Conv2d):
 
 
 def _eligible(m: nn.Module) -> bool:
-    return (type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.stride == (1, 1) and m.padding == (1, 1)
-            and m.dilation == (1, 1) and m.groups == 1 and m.padding_mode == "zeros")
+    return (m.kernel_size == (3, 3) and m.stride == (1, 1) and m.padding == (1, 1) and m.dilation == (1, 1)
+            and m.groups == 1 and m.padding_mode == "zeros")
 
 
 def use_winograd(module: nn.Module) -> int:
     """Make every plain 3x3, stride-1, padding-1 ``nn.Conv2d`` under ``module`` a :class:`WinogradConv2d`
     (the same parameters; names and checkpoints unchanged).  Returns how many were swapped."""
-    swapped = 0
-    for m in module.modules():
-        if _eligible(m):
-            m.__class__ = WinogradConv2d
-            swapped += 1
-    return swapped
+    return swap_classes(module, {nn.Conv2d: WinogradConv2d}, when=_eligible)
 
 
 def use_direct(module: nn.Module) -> int:
     """Undo :func:`use_winograd`: plain ``nn.Conv2d`` again."""
-    swapped = 0
-    for m in module.modules():
-        if type(m) is WinogradConv2d:
-            m.__class__ = nn.Conv2d
-            swapped += 1
-    return swapped
+    return swap_classes(module, {WinogradConv2d: nn.Conv2d})
 
 
 @functools.lru_cache(maxsize=None)
@@ -177,7 +169,10 @@ def cpu_speedup(threads: int | None = None) -> float:
         except RuntimeError as exc:
             log.info("NNPACK's Winograd convolution does not run here: %s", exc)
             return 0.0
-    return min(times["direct"]) / min(times["winograd"])
+    speedup = min(times["direct"]) / min(times["winograd"])
+    log.info("winograd auto: NNPACK's Winograd 3x3 convolution measured %.2fx oneDNN's here; %s", speedup,
+             "using it for float32 decoders" if speedup >= MIN_SPEEDUP else "not used")
+    return speedup
 
 
 def wanted(setting: Any, device: torch.device) -> bool:
@@ -187,7 +182,4 @@ def wanted(setting: Any, device: torch.device) -> bool:
         return False
     if setting is True:
         return True
-    speedup = cpu_speedup(torch.get_num_threads())
-    log.info("winograd auto: NNPACK's Winograd 3x3 convolution measured %.2fx oneDNN's here; %s", speedup,
-             "using it for float32 decoders" if speedup >= MIN_SPEEDUP else "not used")
-    return speedup >= MIN_SPEEDUP
+    return cpu_speedup(torch.get_num_threads()) >= MIN_SPEEDUP

@@ -60,7 +60,7 @@ def _bad(key: str, value: Any, allowed: str) -> GeneratorUnavailable:
 
 
 def parse_speed(params: Mapping[str, Any]) -> tuple[str, bool]:
-    """The ``compile`` mode and ``cuda_graphs``, validated together with ``noise_mode``."""
+    """The ``compile`` mode and ``cuda_graphs``, validated together with ``noise_mode``; ``amp`` checked."""
     try:
         compile_mode = accel.parse_compile_mode(params.get("compile", False))
     except ValueError:

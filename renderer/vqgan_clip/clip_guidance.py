@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from renderer.base import CheckpointError
+from renderer.layer_swap import swap_classes
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +129,7 @@ class SelfAttention(nn.MultiheadAttention):
 
 def use_self_attention(module: nn.Module) -> int:
     """Swap every ``nn.MultiheadAttention`` under ``module`` for :class:`SelfAttention` (same parameters)."""
-    swapped = 0
-    for m in module.modules():
-        if type(m) is nn.MultiheadAttention:
-            m.__class__ = SelfAttention
-            swapped += 1
-    return swapped
+    return swap_classes(module, {nn.MultiheadAttention: SelfAttention})
 
 
 def load_clip(spec: str, weights_dir: Path, device: torch.device, seed: int = 0) -> ClipModel:

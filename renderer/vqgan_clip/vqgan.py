@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from renderer.base import CheckpointError
+from renderer.layer_swap import swap_classes
 from renderer.winograd import use_direct
 
 log = logging.getLogger(__name__)
@@ -227,19 +228,9 @@ def _fused_swish_classes() -> dict[type, type]:
     return {ResnetBlock: SiluResnetBlock, Decoder: SiluDecoder}
 
 
-def _swap_classes(module: nn.Module, table: Mapping[type, type]) -> int:
-    """Give every submodule whose exact class is a key of ``table`` the class it maps to (same parameters)."""
-    swapped = 0
-    for m in module.modules():
-        if type(m) in table:
-            m.__class__ = table[type(m)]
-            swapped += 1
-    return swapped
-
-
 def use_fused_swish(module: nn.Module) -> int:
     """Make every taming ``ResnetBlock`` (and ``Decoder``) under ``module`` compute its swish with ``F.silu``."""
-    return _swap_classes(module, _fused_swish_classes())
+    return swap_classes(module, _fused_swish_classes())
 
 
 def use_taming_layers(decoder: nn.Module) -> int:
@@ -255,7 +246,7 @@ def use_taming_layers(decoder: nn.Module) -> int:
             plain.with_conv, plain.conv = True, up.conv
             level.upsample = plain
             swapped += 1
-    return swapped + _swap_classes(decoder, {ours: theirs for theirs, ours in _fused_swish_classes().items()})
+    return swapped + swap_classes(decoder, {ours: theirs for theirs, ours in _fused_swish_classes().items()})
 
 
 class VQGAN(nn.Module):
