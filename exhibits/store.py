@@ -956,15 +956,16 @@ class Store:
         with self._tx() as c:
             c.execute("DELETE FROM exports WHERE piece_id=? AND kind=?", (piece_id, kind))
 
-    def exports_to_prune(self, max_bytes: int) -> list[dict]:
-        """Ready exports beyond ``max_bytes`` in total, least recently downloaded first (the most recent one is
-        always kept, even when it alone is larger than the bound: it is the one a phone is waiting for)."""
+    def exports_to_prune(self, max_bytes: int, *, incoming: int = 0) -> list[dict]:
+        """Ready exports beyond ``max_bytes`` in total, least recently downloaded first. ``incoming`` is the size
+        of a file about to be announced ready: it counts as the most recent one. The most recent file is always
+        kept, even when it alone is larger than the bound: it is the one a phone is waiting for."""
         rows = [dict(r) for r in self.conn.execute(
             "SELECT * FROM exports WHERE status='ready' ORDER BY accessed_at DESC, finished_at DESC")]
-        total, out = 0, []
+        total, out = incoming, []
         for i, r in enumerate(rows):
             total += r["size"]
-            if total > max_bytes and i > 0:
+            if total > max_bytes and (i > 0 or incoming):
                 out.append(r)
         return out[::-1]
 

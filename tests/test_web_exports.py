@@ -92,3 +92,19 @@ def test_glb_models_come_through_the_same_queue(web):
     r = wait_export(c, f"/p/{p.id}/model.glb")
     assert r.status_code == 200 and r.data[:4] == b"glTF" and r.headers["ETag"]
     assert r.headers["Content-Disposition"].endswith("-model.glb")
+
+
+def test_pruning_makes_room_before_a_new_file_is_announced(store):
+    """The bound holds at every moment a phone can see: room for a new file is made before it is ready."""
+    ids = [make_piece(store, f"prune {i}", seed=40 + i, size=32).id for i in range(3)]
+    for n, pid in enumerate(ids[:2]):
+        store.request_export(pid, "print")
+        assert store.claim_export()["piece_id"] == pid
+        store.finish_export(pid, "print", path=f"exports/{pid}/print/x.pdf", size=100, sha256="0" * 64)
+        time.sleep(0.01)  # distinct access times
+    store.touch_export(ids[0], "print", every=0)  # the older file was downloaded since: the newer one is LRU
+    assert store.exports_to_prune(250) == []
+    assert [r["piece_id"] for r in store.exports_to_prune(250, incoming=100)] == [ids[1]]
+    assert [r["piece_id"] for r in store.exports_to_prune(250, incoming=160)] == [ids[1], ids[0]]
+    # without a newcomer the most recent file is kept even when it alone is over the bound
+    assert [r["piece_id"] for r in store.exports_to_prune(50)] == [ids[1]]

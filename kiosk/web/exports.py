@@ -11,7 +11,7 @@ interpreter that serves phones; the table is the queue, so its length is bounded
 by pieces x kinds and nothing is lost when the web app restarts (a row left
 ``running`` by a dead process is taken again).
 
-After each export the cache (``<store>/exports``) is pruned to ``export_cache_mb``,
+Before a new export is announced ready the cache (``<store>/exports``) is pruned to ``export_cache_mb``,
 least recently downloaded first; a pruned file is simply made again when asked for.
 """
 from __future__ import annotations
@@ -211,16 +211,17 @@ class ExportQueue:
                         store.finish_export(pid, kind, error=str(exc))
                         log.error("export %s of piece %d failed: %s", kind, pid, exc)
                     else:
+                        self.prune(store, incoming=size)  # the bound holds before the new file is announced
                         store.finish_export(pid, kind, path=rel, size=size, sha256=sha)
                         log.info("export %s of piece %d ready (%d bytes)", kind, pid, size)
-                        self.prune(store)
         finally:
             store.close()
 
-    def prune(self, store: Any) -> int:
-        """Keep the export cache under its size bound, least recently downloaded first."""
+    def prune(self, store: Any, *, incoming: int = 0) -> int:
+        """Keep the export cache under its size bound, least recently downloaded first, with room for a new file
+        of ``incoming`` bytes."""
         gone = 0
-        for row in store.exports_to_prune(self.cache_bytes):
+        for row in store.exports_to_prune(self.cache_bytes, incoming=incoming):
             if row["path"]:
                 try:
                     store.path(row["path"]).unlink(missing_ok=True)
