@@ -65,6 +65,7 @@ class ShowConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | float32 | bfloat16 | float16 (auto: measured on the CPU, see renderer.device)
     worker_threads: int = 0  # torch CPU threads; 0: all cores but one, which is left to the display
+    cpu_memory_reuse: bool = True  # CPU worker keeps freed memory for its next step (renderer.cpu_memory)
     queue_depth: int = 1  # playlist jobs kept waiting
     playlist_interval: float = 20.0  # at least this many seconds between playlist pieces (taps/visitors: at once)
     keep_playlist_pieces: int = 5000  # older playlist pieces are pruned (visitors' and curated ones never)
@@ -99,7 +100,8 @@ _TYPES = {
     "export_cache_mb": (int, "a whole number of megabytes"), "blocked_words": (list, "a list of words"),
     "prompt_rate_limit": (str, "a limit like '5 per minute'"), "device": (str, "auto, cpu, cuda or cuda:N"),
     "precision": (str, ", ".join(PRECISIONS[:-1]) + " or " + PRECISIONS[-1]),
-    "queue_depth": (int, "a whole number"), "worker_threads": (int, "a whole number (0: automatic)"), "playlist_interval": ((int, float), "a number of seconds"),
+    "queue_depth": (int, "a whole number"), "worker_threads": (int, "a whole number (0: automatic)"),
+    "cpu_memory_reuse": (bool, "true or false"), "playlist_interval": ((int, float), "a number of seconds"),
     "keep_playlist_pieces": (int, "a whole number of pieces"), "min_free_mb": (int, "a whole number of megabytes"),
     "dwell_seconds": ((int, float), "a number of seconds"), "attract_seconds": ((int, float), "a number of seconds"),
     "rotate": (int, "0, 90, 180 or 270 (degrees clockwise)"), "display_index": (int, "a monitor number (0: the first)"),

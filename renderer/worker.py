@@ -87,6 +87,7 @@ class Worker:
         self._last_disk_warning = float("-inf")
         self.backoff_first, self.backoff_max = BACKOFF_FIRST, BACKOFF_MAX
         self.paused_for_disk = 0  # how many times work paused for a full disk (status, tests)
+        self._held_for: str | None = None  # the exhibit whose freed memory the process holds (cpu_memory reuse)
 
     # -- lifecycle ----------------------------------------------------------
     def stop(self, *_: Any) -> None:
@@ -259,6 +260,18 @@ class Worker:
                     self._wait(delay)
                 delay = min(delay * 2, self.backoff_max)
 
+    def _hand_back_memory(self, why: str) -> None:
+        """Where the worker keeps freed memory for the next step (``renderer.cpu_memory``), hand it back to the
+        system when it goes idle or moves to another exhibit, whose blocks have other sizes."""
+        from renderer import cpu_memory
+
+        if self._held_for is None or cpu_memory.mode() != "reuse":
+            return
+        before = _rss_mb()
+        cpu_memory.release_freed_memory()
+        log.info("freed memory handed back (%s): resident %d -> %d MB", why, before, _rss_mb())
+        self._held_for = None
+
     def _quietly(self, fn: Any, *args: Any, **kw: Any) -> Any:
         """A store call whose failure must not stop the work (heartbeats, status beats): log it and go on."""
         try:
@@ -293,6 +306,7 @@ class Worker:
                     continue
                 delay = self.backoff_first
                 if job is None:
+                    self._hand_back_memory("idle")
                     if idle_exit is not None and time.monotonic() - idle_since > idle_exit:
                         break
                     nudge.wait(self.poll) if nudge is not None else self._stop.wait(self.poll)
@@ -378,6 +392,9 @@ class Worker:
         beat = threading.Thread(target=heartbeat, name=f"lease-{job.id}", daemon=True)
         beat.start()
         t0 = time.monotonic()
+        if self._held_for not in (None, job.exhibit):
+            self._hand_back_memory(f"before a piece of {job.exhibit}")
+        self._held_for = job.exhibit
         try:
             gen = self._generator(job.exhibit)
             result = gen.render(req, ctx)
@@ -485,6 +502,15 @@ def open_store_patiently(cfg: ShowConfig, stop: threading.Event) -> Store | None
     return None
 
 
+def _rss_mb() -> int:
+    """This process's resident memory in MB (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def prefer_huge_pages() -> bool:
     """Ask torch to back its large CPU tensors with transparent huge pages (``THP_MEM_ALLOC_ENABLE``).
 
@@ -494,7 +520,8 @@ def prefer_huge_pages() -> bool:
     at a load of about 1 the difference was within the noise. Torch reads the setting once, at its first
     allocation, so this must run before torch is imported; an explicit setting in the environment
     wins. Returns whether it can still take effect. Where the kernel's THP mode is ``never`` it
-    changes nothing.
+    changes nothing. The worker asks for huge pages only where it does not keep freed memory
+    (``renderer.cpu_memory``, which removes those faults altogether; huge pages then only add memory).
     """
     import sys
 
@@ -506,7 +533,11 @@ def prefer_huge_pages() -> bool:
 
 def main(cfg: ShowConfig, *, once: bool = False, max_jobs: int | None = None) -> int:
     """Entry point of ``python -m kiosk worker``."""
-    prefer_huge_pages()
+    from renderer import cpu_memory
+
+    reuse = cfg.cpu_memory_reuse and cpu_memory.available()
+    if not reuse:
+        prefer_huge_pages()  # with memory reused, pages are not faulted in again and huge pages only cost memory
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -520,6 +551,8 @@ def main(cfg: ShowConfig, *, once: bool = False, max_jobs: int | None = None) ->
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
+    if reuse and worker.device.type == "cpu":
+        cpu_memory.reuse_freed_memory()  # a process-wide malloc setting: here, not in Worker (tests run it in-process)
     worker.run(max_jobs=1 if once else max_jobs)
     log.info("worker %s stopped: %d done, %d failed, %d handed back", worker.id, worker.stats.done,
              worker.stats.failed, worker.stats.released)
