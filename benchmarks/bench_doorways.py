@@ -16,6 +16,10 @@ Variants, each with its own latent, Adam and random stream, on the same canvas a
   (``SelfAttention``), all cutouts cropped and augmented as one batch (in float32).  ``--winograd on``
   (or ``auto``): in float32 the decoder's 3x3 convolutions at 128 px and up run through NNPACK's Winograd
   kernels on NCHW activations (``renderer.winograd``), as the generator's ``winograd`` setting does.
+  Ours and its floor keep freed memory for the next step as the worker does (``renderer.cpu_memory``),
+  the classic loop runs with glibc's defaults (large blocks mmapped and zero-filled afresh at every
+  step); the mode is switched before each step in the same process.  ``--allocator system`` gives
+  glibc's defaults to all three.
 
 Steps are taken alternately (classic, ours, ours' floor, ...) after one warm-up each, so load from
 elsewhere on the machine falls on all alike; each figure is the median of the timed steps, printed
@@ -26,7 +30,7 @@ peak).  Agreement with float32 on a fixed seed: the decoded image, CLIP's embedd
 cutouts and the gradient on the latent (the direction each step moves the picture).
 
     python benchmarks/bench_doorways.py [--sizes 512] [--aspect 2] [--cuts 64] [--steps 3] [--quick] [--device cuda]
-        [--precision auto|float32|bfloat16|float16] [--winograd auto|on|off]
+        [--precision auto|float32|bfloat16|float16] [--winograd auto|on|off] [--allocator worker|system]
 
 The default canvas is the 1024x512 panorama; on the CPU its float32 classic step needs about 10 GB
 (``--aspect 1`` gives the 512x512 square at about half that).
@@ -49,7 +53,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from renderer import winograd  # noqa: E402
+from renderer import cpu_memory, winograd  # noqa: E402
 from renderer.device import cpu_bfloat16_speedup, describe, render_dtype  # noqa: E402
 
 OURS_DTYPE: torch.dtype | None = None  # set in main(): what the worker would render in
@@ -223,6 +227,18 @@ class PeakMemory:
         self._quit.set()
 
 
+REUSE = {"ours", "floor"}  # as the worker runs them (renderer.cpu_memory); emptied by --allocator system
+
+
+def allocator_for(name: str) -> None:
+    """glibc's malloc as the side named runs: freed memory kept for the next step in ours (and its floor), as the
+    worker does; glibc's defaults for the classic loop, as the notebooks ran."""
+    if name in REUSE:
+        cpu_memory.reuse_freed_memory()
+    else:
+        cpu_memory.use_system_defaults()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -238,18 +254,21 @@ def measure(vq_classic: VQGAN, vq_ours: VQGAN, clip: ClipModel, clip_ours: ClipM
     loads: list[float] = []
     growth: dict[str, float] = {}
     for name, fn in runs.items():
+        allocator_for(name)
         base = mem.start()
         fn()
         growth[name] = (mem.stop() - base) / 2**20
     for _ in range(steps):
         for name, fn in runs.items():
+            allocator_for(name)
             _sync(device)
             t = time.perf_counter()
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - t)
             loads.append(os.getloadavg()[0])
-            mem.trim()  # hand the step's freed heap back, so the process stays at one step's peak
+            if not REUSE:
+                mem.trim()  # hand the step's freed heap back, so the process stays at one step's peak
     out = {k: {"median": statistics.median(ts), "min": min(ts), "max": max(ts), "n": len(ts),
                "mem_mib": growth[k]} for k, ts in times.items()}
     out["load"] = {"median": statistics.median(loads), "min": min(loads), "max": max(loads)}
@@ -297,8 +316,14 @@ def main() -> None:
     ap.add_argument("--winograd", choices=("auto", "on", "off"), default="off",
                     help="ours' float32 decoder convolutions through NNPACK's Winograd kernels, as the generator's "
                          "winograd setting (default off, as the generator's)")
+    ap.add_argument("--allocator", choices=("worker", "system"), default="worker",
+                    help="worker: ours and its floor reuse freed memory as the worker does, the classic loop runs "
+                         "with glibc's defaults; system: glibc's defaults for all")
     args = ap.parse_args()
     device = torch.device(args.device)
+    global REUSE
+    if args.allocator == "system" or device.type != "cpu" or not cpu_memory.available():
+        REUSE = set()
     global OURS_DTYPE
     OURS_DTYPE = render_dtype(device, args.precision)
     ours_precision = ("autocast " + str(OURS_DTYPE).removeprefix("torch.")) if OURS_DTYPE != torch.float32 \
@@ -328,7 +353,8 @@ def main() -> None:
           f"{torch.get_num_threads()} threads; ours: {ours_precision}, "
           + (f"NNPACK Winograd 3x3 convolutions (measured {winograd.cpu_speedup(torch.get_num_threads()):.2f}x "
              "oneDNN here), NCHW" if wino else "channels-last")
-          + ", batched cutouts")
+          + ", batched cutouts; memory: " + ("ours and floor reuse freed blocks as the worker does, classic "
+                                             "glibc's defaults" if REUSE else "glibc's defaults for all"))
     print(f"{'canvas':>10} {'cuts':>5} {'classic s/step':>15} {'ours s/step':>12} {'floor s':>8} {'speed-up':>9} "
           f"{'ours/floor':>10} {'MiB classic':>12} {'MiB ours':>9} {'load (min-max)':>16}")
     t0 = time.perf_counter()

@@ -35,10 +35,12 @@ loading compares NVlabs' ``legacy.load_network_pkl`` with ours on the pickle NVl
 ``dnnlib`` imports ``requests`` for downloads this never makes; an empty stand-in is used when it is
 missing.)
 
-The render worker backs torch's large CPU tensors with transparent huge pages
-(``THP_MEM_ALLOC_ENABLE=1``, see ``renderer.worker.prefer_huge_pages``); run the benchmark with
-``THP_MEM_ALLOC_ENABLE=1`` in the environment to measure as the worker runs (reference and ours
-alike). The header says which.
+Memory as each side runs it (``--allocator worker``, the default): ours as the render worker does,
+freed blocks kept for the next call (``renderer.cpu_memory``), the reference and NVlabs with glibc's
+defaults (large blocks mmapped and handed back at every call), switched before each call in the same
+process. ``--allocator system`` runs everything with glibc's defaults. The worker asks for transparent
+huge pages (``THP_MEM_ALLOC_ENABLE=1``) only where it does not reuse memory; set it in the
+environment to measure that case. The header says which.
 """
 from __future__ import annotations
 
@@ -60,6 +62,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from renderer import cpu_memory  # noqa: E402
 from renderer.device import cpu_bfloat16_speedup, describe, render_dtype  # noqa: E402
 from renderer.stylegan.loaders import load_synthesis  # noqa: E402
 from renderer.stylegan.sg2 import SG2Synthesis, sg2_channels  # noqa: E402
@@ -158,14 +161,27 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+REUSE = {"ours", "bf16", "ours+sha256", "ours cached"}  # as the worker runs; emptied by --allocator system
+
+
+def allocator_for(name: str) -> None:
+    """glibc's malloc as the side named runs: freed memory reused for ours, glibc's defaults for the others."""
+    if name in REUSE:
+        cpu_memory.reuse_freed_memory()
+    else:
+        cpu_memory.use_system_defaults()
+
+
 def rounds(fns: dict[str, Callable[[], Any]], n: int, device: torch.device) -> tuple[dict[str, float], list[float]]:
     """One warm-up each, then ``n`` interleaved rounds; median seconds per name and the load averages seen."""
-    for fn in fns.values():
+    for name, fn in fns.items():
+        allocator_for(name)
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     loads = []
     for _ in range(n):
         for name, fn in fns.items():
+            allocator_for(name)
             sync(device)
             t = time.perf_counter()
             fn()
@@ -365,16 +381,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--no-loading", action="store_true", help="skip the loading comparison")
+    parser.add_argument("--allocator", choices=("worker", "system"), default="worker",
+                        help="worker: ours reuses freed memory as the worker does, the references run with glibc's "
+                             "defaults; system: glibc's defaults for all")
     parser.add_argument("--nvlabs", default="", metavar="DIR",
                         help="a checkout of NVlabs' stylegan2-ada-pytorch: time its own code as well")
     args = parser.parse_args()
+    global REUSE
     device = torch.device(args.device)
+    if args.allocator == "system" or device.type != "cpu" or not cpu_memory.available():
+        REUSE = set()
     widths = QUICK if args.quick else OFFICIAL
     quick = "  [quick: reduced width]" if args.quick else ""
     print(f"StyleGAN2 synthesis, channel_base {widths['channel_base']} channel_max {widths['channel_max']} "
           f"({'QUICK MODE, not the official size' if args.quick else 'official size'}); device {describe(device)}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}")
+          f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')}; memory: "
+          + ("ours reuses freed blocks as the worker does, the references use glibc's defaults" if REUSE
+             else "glibc's defaults for all"))
     if device.type == "cpu":  # what the worker would render in here with precision "auto" and amp on
         auto = render_dtype(device, "auto")
         print(f"precision auto on this CPU: bfloat16 measured {cpu_bfloat16_speedup(torch.get_num_threads()):.2f}x "
