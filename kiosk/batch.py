@@ -137,10 +137,13 @@ def default_batch_name(exhibit: str, seed: int, count: int | None, sets: Sequenc
 
 
 def render_batch(cfg: ShowConfig, exhibit: str, *, count: int | None = 1, seed: int = 0, batch: str | None = None,
-                 sigma: float | None = None, prompt: str | None = None, sets: Sequence[str] | None = None) -> int:
+                 sigma: float | None = None, prompt: str | None = None, sets: Sequence[str] | None = None,
+                 keep_memory: bool = False) -> int:
+    """Render a batch in this process. ``keep_memory``: keep freed memory for the next step, as the worker
+    does (a setting of the whole process; ``kiosk render`` asks for it)."""
     from tqdm import tqdm
 
-    from renderer.worker import Worker
+    from renderer.worker import Worker, keep_freed_memory
 
     batch = batch or default_batch_name(exhibit, seed, count, sets)
     store = Store(cfg.data_dir)
@@ -153,6 +156,8 @@ def render_batch(cfg: ShowConfig, exhibit: str, *, count: int | None = 1, seed: 
     worker = Worker(cfg, store, top_up=False, batch=batch, worker_id=f"batch:{batch}:{os.getpid()}")
     worker.install_signal_handlers()
     worker.setup()
+    if keep_memory:
+        keep_freed_memory(cfg, worker.device)
     if exhibit not in worker.runnable():
         raise RuntimeError(f"exhibit {exhibit} cannot run here: {worker._unavailable.get(exhibit)}")
     with tqdm(total=total, initial=done, unit="piece", desc=batch) as bar:

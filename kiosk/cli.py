@@ -295,7 +295,7 @@ def cmd_render(args: argparse.Namespace, cfg: ShowConfig) -> int:
     from kiosk.batch import render_batch
 
     return render_batch(cfg, args.exhibit.replace("_", "-"), count=args.count, seed=args.seed, batch=args.batch,
-                        sigma=args.sigma, prompt=args.prompt, sets=args.sets)
+                        sigma=args.sigma, prompt=args.prompt, sets=args.sets, keep_memory=True)
 
 
 def cmd_exhibits(args: argparse.Namespace, cfg: ShowConfig) -> int:

@@ -511,6 +511,18 @@ def _rss_mb() -> int:
         return 0
 
 
+def keep_freed_memory(cfg: ShowConfig, device: Any) -> bool:
+    """Where the show allows it and the work runs on the CPU, keep freed memory for the next step
+    (``renderer.cpu_memory``). A setting of the whole process's ``malloc``: called by the entry points of
+    processes that render (``kiosk worker``, ``kiosk render``), never by ``Worker`` itself, which tests run
+    inside their own process."""
+    from renderer import cpu_memory
+
+    if not cfg.cpu_memory_reuse or device is None or device.type != "cpu":
+        return False
+    return cpu_memory.reuse_freed_memory()
+
+
 def prefer_huge_pages() -> bool:
     """Ask torch to back its large CPU tensors with transparent huge pages (``THP_MEM_ALLOC_ENABLE``).
 
@@ -551,8 +563,8 @@ def main(cfg: ShowConfig, *, once: bool = False, max_jobs: int | None = None) ->
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    if reuse and worker.device.type == "cpu":
-        cpu_memory.reuse_freed_memory()  # a process-wide malloc setting: here, not in Worker (tests run it in-process)
+    if reuse:
+        keep_freed_memory(cfg, worker.device)
     worker.run(max_jobs=1 if once else max_jobs)
     log.info("worker %s stopped: %d done, %d failed, %d handed back", worker.id, worker.stats.done,
              worker.stats.failed, worker.stats.released)
