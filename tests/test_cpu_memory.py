@@ -113,3 +113,18 @@ def test_the_setting_turns_it_off_and_is_checked(tmp_path, stepwise_dir):
     conf.write_text('[show]\ncpu_memory_reuse = "yes"\n')
     with pytest.raises(ConfigError, match="cpu_memory_reuse"):
         load_show(conf)
+
+
+def test_large_blocks_still_come_in_other_threads():
+    """With mmap off, glibc's per-thread arenas (64 MB heaps) must still serve larger blocks: a frame writer or a
+    loader thread allocating hundreds of MB gets them."""
+    code = ("import threading, numpy as np, torch\nfrom renderer import cpu_memory\n"
+            "assert cpu_memory.reuse_freed_memory()\nout = []\n"
+            "def work():\n"
+            "    for _ in range(3):\n"
+            "        x = torch.ones(64 << 20); out.append(float(x.sum())); del x\n"
+            "    out.append(int(np.ones(1 << 28, dtype=np.uint8).sum()))\n"
+            "t = threading.Thread(target=work); t.start(); t.join(); print(out)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str([float(64 << 20)] * 3 + [1 << 28])
