@@ -10,17 +10,19 @@ decoder forward + backward at 512 px spent 8.7-10.7 s of its 30-33 s of CPU time
 :func:`reuse_freed_memory` sets two of glibc's ``mallopt`` parameters: no ``mmap`` for large
 blocks (they come from the heap, whose freed chunks the next step reuses without a fault) and
 no trimming of the heap's top. The same decoder step then takes no page fault after the first
-and 9.8-11.2 s instead of 17.5-18.3 s; the process holds its peak (6.6 GB there, against a peak of
-5.9 GB that glibc's defaults reach and hand back after each step). Transparent huge pages add
-nothing to that speed and 1.7 GB to the peak (torch aligns each large block to 2 MB), so the
+step of a piece, and ran in 9.8-10.2 s instead of 13.0-13.1 s (``benchmarks/bench_cpu_memory.py``);
+the process holds its peak while it renders (6.0 GB there, against a peak of 5.3 GB that glibc's
+defaults reach and hand back after each step). Transparent huge pages add nothing to that speed
+and 1.7 GB to the peak (torch aligns each large block to 2 MB), so the
 worker does not ask for them when it reuses memory. The memory stays with the process, which
 is what a render worker wants between steps of one piece and between pieces of one series;
 :func:`release_freed_memory` (``malloc_trim``) hands free pages back, and the worker calls it
 when it goes idle and before it starts a piece of another exhibit.
 
 They are no-ops (logged) where the C library is not glibc (musl, macOS, Windows). Only the
-worker process calls them (``show.cpu_memory_reuse``, on by default): they change its ``malloc``,
-not torch, and the display and web processes keep glibc's defaults.
+processes that render call them (``kiosk worker`` and ``kiosk render``; ``show.cpu_memory_reuse``, on by
+default): they change that process's ``malloc``, not torch, and the display and web processes keep
+glibc's defaults.
 """
 from __future__ import annotations
 
