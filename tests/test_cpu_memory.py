@@ -44,11 +44,16 @@ print(sum(faults[-6:]), held, rss_mb(), released)
 """
 
 
-def _probe(mode: str) -> tuple[int, int, int, bool]:
-    out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, env=ENV, cwd=ROOT,
+def _python(code: str, *args: str) -> str:
+    """Run ``code`` in a fresh interpreter (malloc settings are per process); its standard output."""
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=ENV, cwd=ROOT,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    faults, held, after, released = out.stdout.split()
+    return out.stdout
+
+
+def _probe(mode: str) -> tuple[int, int, int, bool]:
+    faults, held, after, released = _python(_PROBE, mode).split()
     return int(faults), int(held), int(after), released == "True"
 
 
@@ -72,9 +77,7 @@ def test_system_defaults_come_back_for_a_baseline_in_the_same_process():
             "torch.ones(64 << 20)  # over the heap's free memory: mmapped again\n"
             "b = resource.getrusage(resource.RUSAGE_SELF).ru_minflt; x = torch.ones(64 << 20); del x\n"
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - b)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert int(out.stdout) > 65536 * 0.9  # 256 MB faulted in afresh, as glibc does by default
+    assert int(_python(code)) > 65536 * 0.9  # 256 MB faulted in afresh, as glibc does by default
 
 
 def _run_worker(tmp_path: Path, stepwise_dir: Path, config: str) -> str:
@@ -125,6 +128,4 @@ def test_large_blocks_still_come_in_other_threads():
             "        x = torch.ones(64 << 20); out.append(float(x.sum())); del x\n"
             "    out.append(int(np.ones(1 << 28, dtype=np.uint8).sum()))\n"
             "t = threading.Thread(target=work); t.start(); t.join(); print(out)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == str([float(64 << 20)] * 3 + [1 << 28])
+    assert _python(code).strip() == str([float(64 << 20)] * 3 + [1 << 28])
