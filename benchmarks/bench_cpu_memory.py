@@ -30,11 +30,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _rss_mb() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
-
-
 def child(mode: str, pieces: int, steps: int, sg_steps: int) -> None:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -78,11 +73,11 @@ def child(mode: str, pieces: int, steps: int, sg_steps: int) -> None:
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         print(json.dumps(dict(mode=mode, piece=i, series=series, step_s=statistics.median(times),
                               sys_s=r1.ru_stime - r0.ru_stime, user_s=r1.ru_utime - r0.ru_utime,
-                              faults=r1.ru_minflt - r0.ru_minflt, rss_mb=_rss_mb(), load=os.getloadavg()[0])),
+                              faults=r1.ru_minflt - r0.ru_minflt, rss_mb=cpu_memory.resident_bytes() >> 20, load=os.getloadavg()[0])),
               flush=True)
     if mode == "reuse":
         cpu_memory.release_freed_memory()
-    print(json.dumps(dict(mode=mode, end=True, rss_mb=_rss_mb(),
+    print(json.dumps(dict(mode=mode, end=True, rss_mb=cpu_memory.resident_bytes() >> 20,
                           peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10)), flush=True)
 
 

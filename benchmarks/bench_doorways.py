@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import ctypes
 import os
 import resource
 import statistics
@@ -179,38 +178,26 @@ class PeakMemory:
         self._peak = 0
         self._on = threading.Event()
         self._quit = threading.Event()
-        self._page = os.sysconf("SC_PAGE_SIZE")
-        self._libc = None
         if device.type == "cpu":
-            try:
-                self._libc = ctypes.CDLL("libc.so.6")
-            except OSError:
-                self._libc = None
             threading.Thread(target=self._sample, daemon=True).start()
-
-    def _rss(self) -> int:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * self._page
 
     def _sample(self) -> None:
         while not self._quit.is_set():
             if not self._on.wait(0.5):
                 continue
-            self._peak = max(self._peak, self._rss())
+            self._peak = max(self._peak, cpu_memory.resident_bytes())
             time.sleep(self.every)
 
     def trim(self) -> None:
-        if self._libc is not None:
-            self._libc.malloc_trim(0)
+        cpu_memory.release_freed_memory()
 
     def start(self) -> int:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             return torch.cuda.memory_allocated(self.device)
-        if self._libc is not None:
-            self._libc.malloc_trim(0)  # hand freed arenas back so the next step's growth is visible
-        base = self._rss()
+        cpu_memory.release_freed_memory()  # hand freed memory back so the next step's growth is visible
+        base = cpu_memory.resident_bytes()
         self._peak = base
         self._on.set()
         return base
@@ -220,7 +207,7 @@ class PeakMemory:
             torch.cuda.synchronize(self.device)
             return torch.cuda.max_memory_allocated(self.device)
         self._on.clear()
-        self._peak = max(self._peak, self._rss())
+        self._peak = max(self._peak, cpu_memory.resident_bytes())
         return self._peak
 
     def close(self) -> None:

@@ -27,7 +27,9 @@ glibc's defaults.
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
+import os
 import sys
 
 log = logging.getLogger(__name__)
@@ -43,28 +45,33 @@ NEVER = -1
 # threshold's ceiling on 64-bit), the heap trimmed above twice that
 SYSTEM = {M_MMAP_MAX: 65536, M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 64 << 20}
 
-_state = {"mode": "system", "libc": None}
+_mode = "system"  # "reuse" once reuse_freed_memory took effect
 
 
+@functools.lru_cache(maxsize=None)
 def _glibc() -> ctypes.CDLL | None:
-    if _state["libc"] is not None:
-        return _state["libc"] or None
-    lib: ctypes.CDLL | bool = False
-    if sys.platform.startswith("linux"):
-        try:
-            candidate = ctypes.CDLL(None)
-            version = candidate.gnu_get_libc_version  # only glibc has it (musl does not)
-            version.restype = ctypes.c_char_p
-            for name in ("mallopt", "malloc_trim"):
-                getattr(candidate, name).restype = ctypes.c_int
-            candidate.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-            candidate.malloc_trim.argtypes = [ctypes.c_size_t]
-            lib = candidate
-            log.debug("C library: glibc %s", version().decode())
-        except (OSError, AttributeError):
-            lib = False
-    _state["libc"] = lib
-    return lib or None
+    """The C library where it is glibc (only glibc has ``gnu_get_libc_version``; musl does not), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        lib = ctypes.CDLL(None)
+        version = lib.gnu_get_libc_version
+        lib.mallopt.argtypes, lib.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+        lib.malloc_trim.argtypes, lib.malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
+    except (OSError, AttributeError):
+        return None
+    version.restype = ctypes.c_char_p
+    log.debug("C library: glibc %s", version().decode())
+    return lib
+
+
+def resident_bytes() -> int:
+    """This process's resident memory in bytes (0 where ``/proc`` is not there)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def available() -> bool:
@@ -74,19 +81,20 @@ def available() -> bool:
 
 def mode() -> str:
     """``"reuse"`` after :func:`reuse_freed_memory` took effect, ``"system"`` otherwise (the C library's own)."""
-    return _state["mode"]
+    return _mode
 
 
 def reuse_freed_memory() -> bool:
     """Large blocks from the heap, and the heap never trimmed at its top: freed memory is reused without page
     faults. Returns whether it took effect (False where the C library is not glibc or refused a setting)."""
+    global _mode
     libc = _glibc()
     if libc is None:
         log.info("freed memory is left to the C library's defaults: this is not glibc on Linux")
         return False
     ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, NEVER) == 1
     if ok:
-        _state["mode"] = "reuse"
+        _mode = "reuse"
         log.info("large CPU blocks come from the heap and freed memory is kept for the next step "
                  "(glibc mallopt: no mmap, no trimming; handed back when idle)")
     else:
@@ -98,12 +106,13 @@ def use_system_defaults() -> bool:
     """Back to glibc's behaviour as a long-running process has it (for a baseline measured in the same process
     as :func:`reuse_freed_memory`): large blocks mmapped again, the heap trimmed. What the heap holds now is
     kept, and reused by blocks under 32 MiB."""
+    global _mode
     libc = _glibc()
     if libc is None:
         return False
     ok = all(libc.mallopt(param, value) == 1 for param, value in SYSTEM.items())
     if ok:
-        _state["mode"] = "system"
+        _mode = "system"
     return ok
 
 

@@ -18,9 +18,10 @@ output scale (direct convolution: about 1e-6).  The real-size decoder's image at
 direct one to 1.4e-4 (pixels 0..1), and its gradient on the latent to a cosine of 1.0000.
 
 Measured at real size (a Doorways step, 512x512, 64 cutouts, float32, 2-core Zen 4) it lowered the floor,
-the decoder and CLIP forward and backward, from 12.25 to 10.93 s, but not the step (12.56 against 12.93 s):
-what eats the floor's gain in the step is not yet found (a second run: floor 13.78 s, step 14.99 s).  So the
-Doorways generator's ``winograd`` setting is off by default.
+the decoder and CLIP forward and backward, from 12.25 to 10.93 s, but not the step (12.56 against 12.93 s;
+a second run: floor 13.78 s, step 14.99 s).  With the worker keeping freed memory between steps
+(:mod:`renderer.cpu_memory`) the gap between step and floor closed (11.25 against 10.83 s), but the floor
+was then no lower than oneDNN's (10.51 s).  So the Doorways generator's ``winograd`` setting is off by default.
 
 It runs only where it can: on the CPU, in float32 (not under autocast: NNPACK has no bfloat16), on
 NCHW activations of at least :data:`MIN_PIXELS` (a channels-last tensor would be converted twice, which

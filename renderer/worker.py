@@ -267,9 +267,10 @@ class Worker:
 
         if self._held_for is None or cpu_memory.mode() != "reuse":
             return
-        before = _rss_mb()
+        before = cpu_memory.resident_bytes()
         cpu_memory.release_freed_memory()
-        log.info("freed memory handed back (%s): resident %d -> %d MB", why, before, _rss_mb())
+        log.info("freed memory handed back (%s): resident %d -> %d MB", why, before >> 20,
+                 cpu_memory.resident_bytes() >> 20)
         self._held_for = None
 
     def _quietly(self, fn: Any, *args: Any, **kw: Any) -> Any:
@@ -500,15 +501,6 @@ def open_store_patiently(cfg: ShowConfig, stop: threading.Event) -> Store | None
                 stop.wait(1.0)
             delay = min(delay * 2, BACKOFF_MAX)
     return None
-
-
-def _rss_mb() -> int:
-    """This process's resident memory in MB (0 where /proc is not there)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") >> 20
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def keep_freed_memory(cfg: ShowConfig, device: Any) -> bool:

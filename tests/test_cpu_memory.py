@@ -25,8 +25,7 @@ import torch
 from renderer import cpu_memory
 
 def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 >> 20
+    return cpu_memory.resident_bytes() >> 20
 
 if sys.argv[1] == "reuse":
     assert cpu_memory.reuse_freed_memory() and cpu_memory.mode() == "reuse"

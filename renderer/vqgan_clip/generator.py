@@ -38,8 +38,8 @@ activations (with bfloat16 on the CPU, oneDNN's convolutions run about twice as 
     up run through NNPACK's Winograd kernels, forward and backward, on NCHW activations (``channels_last`` is
     then not used); "auto" only where that measured faster than oneDNN on this machine at start-up.  It changes
     float rounding only (see :mod:`renderer.winograd`); ignored under bfloat16 / float16 autocast and on CUDA.
-    Off by default: at real size on a 2-core Zen 4 it lowered the floor (decoder + CLIP forward and backward)
-    in one run but not the step (README, "Speed at real size").
+    Off by default: at real size on a 2-core Zen 4 the step was no faster than with oneDNN's convolutions
+    (README, "Speed at real size").
 On CUDA without bfloat16 the loop runs float16 autocast with loss scaling (``amp``; see
 :mod:`renderer.guidance.loop`).
 ``init_image`` (path, optional): start from this picture (also ``RenderRequest.init_image``) -- the
